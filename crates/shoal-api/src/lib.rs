@@ -1,0 +1,1 @@
+//! shoal-api (placeholder, filled in below)

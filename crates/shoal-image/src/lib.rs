@@ -1,0 +1,1 @@
+//! shoal-image (placeholder, filled in below)

@@ -1,0 +1,1 @@
+//! shoal-net (placeholder, filled in below)

@@ -1,0 +1,1 @@
+//! shoal-runtime (placeholder, filled in below)
