@@ -1,1 +1,34 @@
-//! shoal-net (placeholder, filled in below)
+//! shoal-net: node-local container networking.
+//!
+//! This crate owns the node-local bridge (Docker's default `bridge` network): the bridge
+//! interface and its gateway address, container network namespaces (bind-mounted under
+//! `<exec-root>/netns/<container id>`), veth pairs, IP address management for the bridge subnet,
+//! outbound NAT (masquerade) and published ports via kernel DNAT in our own nftables table. It
+//! must not know HTTP, images, or swarm; later issues add the VXLAN overlay and the ingress
+//! routing mesh here.
+//!
+//! All side effects go through [`NetOps`]; [`SystemOps`] implements them with `ip` (iproute2) and
+//! `nft -f -`, each run from a dedicated short-lived thread that has `setns`ed into the right
+//! network namespace (never a pooled thread). The API is blocking: call it from
+//! `spawn_blocking`. The namespace of the thread calling [`BridgeNetwork::setup`] becomes the
+//! "host" namespace for every later call, whichever thread makes it.
+//!
+//! The nft table (family `ip`, default name `shoal`) is rendered whole from in-memory state and
+//! replaced atomically on every change; other tables are never flushed or parsed.
+
+mod bridge;
+mod error;
+mod ipam;
+mod ops;
+mod ports;
+mod rules;
+
+pub use bridge::{BridgeConfig, BridgeNetwork, Endpoint};
+pub use error::{ErrorKind, NetError};
+pub use ipam::{mac_for_ip, Ipam, Ipv4Net};
+pub use ops::{current_netns, in_netns, in_netns_path, BridgeSpec, EndpointSpec, NetOps, SystemOps};
+pub use ports::{PortSpec, Proto, PublishedPort, EPHEMERAL_FIRST, EPHEMERAL_LAST};
+pub use rules::{render_ruleset, RuleInput};
+
+#[cfg(test)]
+mod tests;

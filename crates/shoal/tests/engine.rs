@@ -1,0 +1,352 @@
+//! End-to-end tests of the container engine: a real `shoal daemon` in its own network namespace,
+//! driven by the stock `docker` CLI, with images built from Debian packages by the testkit.
+//! Run as root (CI does); without root they are skipped with a message.
+
+use std::time::Duration;
+
+use shoal_testkit::{ensure_packages, http_get, wait_until, Compression, Daemon, DaemonOpts, Netns, Registry, TestImage};
+
+fn root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("SKIP: engine tests need root");
+        false
+    }
+}
+
+fn start_daemon(prefix: &str) -> Daemon {
+    ensure_packages(&["busybox-static", "nginx", "nftables", "iproute2", "tini"]);
+    let netns = Netns::new(prefix);
+    Daemon::start(DaemonOpts::new(env!("CARGO_BIN_EXE_shoal"), &netns))
+}
+
+fn load(d: &Daemon, archive: &std::path::Path) -> String {
+    d.docker_ok(["load", "-i", archive.to_str().unwrap()])
+}
+
+fn fails_with(d: &Daemon, args: &[&str], needle: &str) -> std::process::Output {
+    let out = d.docker(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "`docker {}` should fail", args.join(" "));
+    assert!(stderr.contains(needle), "`docker {}`: expected {needle:?} in stderr, got: {stderr}", args.join(" "));
+    out
+}
+
+fn get(netns: &Netns, url: &str) -> Option<String> {
+    http_get(netns, url).ok()
+}
+
+fn wait_http(netns: &Netns, url: &str, needle: &str) -> String {
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(15), || {
+        last = get(netns, url).unwrap_or_default();
+        last.contains(needle)
+    });
+    assert!(ok, "{url} never answered with {needle:?}; last answer: {last:?}");
+    last
+}
+
+/// The story: load → run -d -p nginx → HTTP → cp → exec → logs → stop/start → kill -9 the
+/// daemon → still serving and controllable → rm -f.
+#[test]
+fn nginx_story_with_live_restore() {
+    if !root() {
+        return;
+    }
+    let mut d = start_daemon("shoal-story");
+    let out = load(&d, &TestImage::nginx().docker_archive());
+    assert!(out.contains("Loaded image: nginx:latest"), "{out}");
+    let out = load(&d, &TestImage::busybox().oci_archive(Compression::Gzip));
+    assert!(out.contains("busybox"), "{out}");
+    let images = d.docker_ok(["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(images.contains("nginx:latest") && images.contains("busybox:latest"), "{images}");
+
+    let id = d.docker_ok(["run", "-d", "--name", "web", "-p", "8080:80", "nginx"]).trim().to_string();
+    assert_eq!(id.len(), 64, "run -d prints the full id: {id}");
+    let netns = d.netns().clone();
+    wait_http(&netns, "http://127.0.0.1:8080/", "Welcome to nginx");
+    wait_http(&netns, "http://172.17.0.1:8080/", "Welcome to nginx");
+
+    let ps = d.docker_ok(["ps", "--format", "{{.Names}} {{.Status}} {{.Ports}}"]);
+    assert!(ps.contains("web Up") && ps.contains("0.0.0.0:8080->80/tcp"), "{ps}");
+
+    let page = d.dir().join("index.html");
+    std::fs::write(&page, "<h1>hello from shoal</h1>\n").unwrap();
+    d.docker_ok(["cp", page.to_str().unwrap(), "web:/usr/share/nginx/html/index.html"]);
+    wait_http(&netns, "http://127.0.0.1:8080/", "hello from shoal");
+
+    let copied_back = d.dir().join("back.html");
+    d.docker_ok(["cp", "web:/usr/share/nginx/html/index.html", copied_back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&copied_back).unwrap(), "<h1>hello from shoal</h1>\n");
+
+    assert_eq!(d.docker_ok(["exec", "web", "cat", "/usr/share/nginx/html/index.html"]), "<h1>hello from shoal</h1>\n");
+    let out = d.docker(["exec", "web", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+
+    let logs = d.docker_ok(["logs", "web"]);
+    assert!(logs.contains("GET / HTTP"), "nginx access log should be in docker logs: {logs}");
+    let tail = d.docker_ok(["logs", "--tail", "1", "-t", "web"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    assert!(tail.starts_with("20"), "timestamps: {tail}");
+
+    d.docker_ok(["stop", "web"]);
+    assert!(get(&netns, "http://127.0.0.1:8080/").is_none(), "stopped container still serving");
+    let state = d.docker_ok(["inspect", "-f", "{{.State.Status}}", "web"]);
+    assert_eq!(state.trim(), "exited");
+    d.docker_ok(["start", "web"]);
+    wait_http(&netns, "http://127.0.0.1:8080/", "hello from shoal");
+
+    // kill -9 the daemon: the container keeps serving, and a new daemon re-adopts it.
+    d.kill9();
+    assert!(get(&netns, "http://127.0.0.1:8080/").is_some_and(|b| b.contains("hello from shoal")));
+    d.restart();
+    let ps = d.docker_ok(["ps", "--format", "{{.Names}} {{.State}}"]);
+    assert!(ps.contains("web running"), "{ps}");
+    assert_eq!(d.docker_ok(["exec", "web", "cat", "/etc/hostname"]).trim(), &id[..12]);
+    wait_http(&netns, "http://127.0.0.1:8080/", "hello from shoal");
+    assert!(d.docker_ok(["logs", "web"]).contains("GET / HTTP"));
+    d.docker_ok(["cp", page.to_str().unwrap(), "web:/tmp/"]);
+    d.docker_ok(["stop", "-t", "5", "web"]);
+    assert!(get(&netns, "http://127.0.0.1:8080/").is_none());
+    d.docker_ok(["rm", "-f", "web"]);
+    assert!(d.docker_ok(["ps", "-aq"]).trim().is_empty());
+}
+
+#[test]
+fn run_rm_prints_and_cleans_up() {
+    if !root() {
+        return;
+    }
+    let d = start_daemon("shoal-runrm");
+    load(&d, &TestImage::busybox().docker_archive());
+    assert_eq!(d.docker_ok(["run", "--rm", "busybox", "echo", "hi"]), "hi\n");
+    let out = d.docker(["run", "--rm", "busybox", "sh", "-c", "echo to-err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-err\n");
+    assert!(wait_until(Duration::from_secs(5), || d.docker_ok(["ps", "-aq"]).trim().is_empty()));
+    // Options: env, workdir, user, entrypoint, hostname, labels, tmpfs, bind mounts, init.
+    let host_dir = d.dir().join("bind");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("f"), "from-host").unwrap();
+    let bind = format!("{}:/data:ro", host_dir.display());
+    let out = d.docker_ok([
+        "run", "--rm", "-e", "A=1", "-w", "/work", "-u", "1000:1000", "--hostname", "box", "-v", &bind, "--tmpfs", "/scratch",
+        "busybox", "sh", "-c", "echo $A $(pwd) $(id -u):$(id -g) $(hostname) $(cat /data/f); touch /data/x 2>/dev/null || echo ro; touch /scratch/y && echo tmpfs-ok",
+    ]);
+    assert_eq!(out, "1 /work 1000:1000 box from-host\nro\ntmpfs-ok\n");
+    assert_eq!(d.docker_ok(["run", "--rm", "--entrypoint", "echo", "busybox", "via-entrypoint"]), "via-entrypoint\n");
+    assert_eq!(d.docker_ok(["run", "--rm", "--init", "busybox", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]).trim_end(), "/sbin/docker-init -- sh -c cat /proc/1/cmdline | tr '\\0' ' '");
+    d.docker_ok(["run", "-d", "--name", "lab", "-l", "team=a", "busybox", "sleep", "1000"]);
+    assert_eq!(d.docker_ok(["ps", "-q", "--filter", "label=team=a"]).lines().count(), 1);
+    assert_eq!(d.docker_ok(["ps", "-q", "--filter", "label=team=b"]).lines().count(), 0);
+    assert_eq!(d.docker_ok(["ps", "--filter", "name=lab", "--format", "{{.Names}}"]).trim(), "lab");
+    let top = d.docker_ok(["top", "lab"]);
+    assert!(top.contains("sleep 1000"), "{top}");
+    let stats = d.docker_ok(["stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", "lab"]);
+    assert_eq!(stats.trim(), "lab 1");
+    d.docker_ok(["rename", "lab", "lab2"]);
+    d.docker_ok(["kill", "lab2"]);
+    let code = d.docker_ok(["wait", "lab2"]);
+    assert_eq!(code.trim(), "137");
+    assert_eq!(d.docker_ok(["ps", "-a", "--filter", "status=exited", "--format", "{{.Names}}"]).trim(), "lab2");
+    d.docker_ok(["rm", "lab2"]);
+}
+
+#[test]
+fn limits_are_enforced_by_cgroups() {
+    if !root() {
+        return;
+    }
+    let d = start_daemon("shoal-limits");
+    load(&d, &TestImage::busybox().docker_archive());
+    let id = d.docker_ok(["run", "-d", "-m", "64m", "--pids-limit", "20", "--cpus", "0.5", "busybox", "sleep", "1000"]).trim().to_string();
+    let cg = d.cgroup_name();
+    let read = |ctrl: &str, file: &str| -> String {
+        for base in [format!("/sys/fs/cgroup/{ctrl}/{cg}/{id}"), format!("/sys/fs/cgroup/{cg}/{id}")] {
+            if let Ok(v) = std::fs::read_to_string(format!("{base}/{file}")) {
+                return v.trim().to_string();
+            }
+        }
+        String::new()
+    };
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if v2 {
+        assert_eq!(read("", "memory.max"), "67108864");
+        assert_eq!(read("", "pids.max"), "20");
+        assert_eq!(read("", "cpu.max"), "50000 100000");
+    } else {
+        assert_eq!(read("memory", "memory.limit_in_bytes"), "67108864");
+        assert_eq!(read("pids", "pids.max"), "20");
+        assert_eq!(read("cpu,cpuacct", "cpu.cfs_quota_us"), "50000");
+    }
+    // The pids limit bites: forking past it fails inside the container.
+    let out = d.docker(["exec", &id, "sh", "-c", "for i in $(seq 1 40); do sleep 100 & done; wait"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("can't fork") || !out.status.success(), "pids limit not enforced");
+    d.docker_ok(["rm", "-f", &id]);
+}
+
+#[test]
+fn restart_policies_apply_live_and_after_daemon_death() {
+    if !root() {
+        return;
+    }
+    let mut d = start_daemon("shoal-restart");
+    load(&d, &TestImage::busybox().docker_archive());
+    d.docker_ok(["run", "-d", "--name", "flaky", "--restart", "on-failure:2", "busybox", "sh", "-c", "exit 1"]);
+    assert!(wait_until(Duration::from_secs(15), || {
+        d.docker_ok(["inspect", "-f", "{{.RestartCount}} {{.State.Status}}", "flaky"]).trim() == "2 exited"
+    }));
+    d.docker_ok(["run", "-d", "--name", "always", "--restart", "always", "busybox", "sleep", "1000"]);
+    let pid = d.docker_ok(["inspect", "-f", "{{.State.Pid}}", "always"]).trim().parse::<i32>().unwrap();
+    // The container dies while the daemon is down; the new daemon restarts it.
+    d.kill9();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{pid}")).exists()));
+    d.restart();
+    assert!(wait_until(Duration::from_secs(15), || {
+        d.docker_ok(["inspect", "-f", "{{.State.Status}} {{.RestartCount}}", "always"]).trim() == "running 1"
+    }));
+    d.docker_ok(["rm", "-f", "always", "flaky"]);
+}
+
+#[test]
+fn image_formats_tags_history_and_import() {
+    if !root() {
+        return;
+    }
+    let d = start_daemon("shoal-images");
+    for c in [Compression::Zstd, Compression::None] {
+        let out = load(&d, &TestImage::whoami().oci_archive(c));
+        assert!(out.contains("whoami"), "{out}");
+    }
+    load(&d, &TestImage::busybox().docker_archive());
+    d.docker_ok(["tag", "busybox", "example.local/team/bb:v1"]);
+    let tags = d.docker_ok(["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(tags.contains("example.local/team/bb:v1"), "{tags}");
+    let inspect: serde_json::Value = serde_json::from_str(&d.docker_ok(["image", "inspect", "busybox"])).unwrap();
+    assert_eq!(inspect[0]["Id"].as_str().unwrap(), TestImage::busybox().id());
+    assert!(!d.docker_ok(["history", "busybox"]).is_empty());
+    d.docker_ok(["rmi", "example.local/team/bb:v1"]);
+    let imported = d.docker_ok(["import", TestImage::busybox().rootfs_tar().to_str().unwrap(), "imported:1"]);
+    assert!(imported.trim().starts_with("sha256:"), "{imported}");
+    assert_eq!(d.docker_ok(["run", "--rm", "imported:1", "/bin/echo", "imported-ok"]), "imported-ok\n");
+    d.docker_ok(["rmi", "imported:1"]);
+    // whoami answers with its hostname and IP.
+    d.docker_ok(["run", "-d", "--name", "who", "-P", "--hostname", "who1", "whoami"]);
+    let port = d.docker_ok(["port", "who", "80/tcp"]);
+    let port = port.lines().next().unwrap().rsplit(':').next().unwrap().trim().to_string();
+    let body = wait_http(d.netns(), &format!("http://127.0.0.1:{port}/"), "Hostname: who1");
+    assert!(body.contains("IP: 172.17."), "{body}");
+    d.docker_ok(["rm", "-f", "who"]);
+}
+
+#[test]
+fn pull_from_a_local_registry() {
+    if !root() {
+        return;
+    }
+    ensure_packages(&["docker-registry", "skopeo"]);
+    let d = start_daemon("shoal-pull");
+    let registry = Registry::start(d.netns());
+    registry.push_archive(&TestImage::busybox().docker_archive(), "test/busybox:latest");
+    let out = d.docker_ok(["pull", "127.0.0.1:5000/test/busybox"]);
+    assert!(out.contains("Downloaded newer image") || out.contains("127.0.0.1:5000/test/busybox"), "{out}");
+    assert_eq!(d.docker_ok(["run", "--rm", "127.0.0.1:5000/test/busybox", "echo", "pulled"]), "pulled\n");
+    fails_with(&d, &["pull", "127.0.0.1:5000/test/nope"], "Error response from daemon");
+}
+
+#[test]
+fn bad_inputs_get_docker_errors() {
+    if !root() {
+        return;
+    }
+    let d = start_daemon("shoal-errors");
+    load(&d, &TestImage::busybox().docker_archive());
+    fails_with(&d, &["create", "--pull", "never", "nosuchimage"], "No such image: nosuchimage:latest");
+    fails_with(&d, &["create", "--name", "a b", "busybox"], "Invalid container name");
+    fails_with(&d, &["start", "nosuch"], "No such container: nosuch");
+    fails_with(&d, &["run", "-m", "1m", "busybox", "true"], "Minimum memory limit allowed is 6MB");
+    fails_with(&d, &["run", "--rm", "--restart", "always", "busybox", "true"], "conflicting options");
+    let out = d.docker(["run", "--name", "nocmd", "busybox", "nosuchcmd"]);
+    assert_eq!(out.status.code(), Some(127), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found"));
+    d.docker_ok(["run", "-d", "--name", "busy", "busybox", "sleep", "1000"]);
+    fails_with(&d, &["run", "-d", "--name", "busy", "busybox", "true"], "is already in use");
+    fails_with(&d, &["rm", "busy"], "container is running");
+    fails_with(&d, &["rmi", "busybox"], "conflict");
+    d.docker_ok(["stop", "-t", "1", "busy"]);
+    fails_with(&d, &["exec", "busy", "true"], "is not running");
+    fails_with(&d, &["kill", "busy"], "is not running");
+    let garbage = d.dir().join("garbage.tar");
+    std::fs::write(&garbage, b"this is not a tar archive at all, not even close............").unwrap();
+    fails_with(&d, &["load", "-i", garbage.to_str().unwrap()], "Error");
+    fails_with(&d, &["cp", "busy:/nope/nothing", d.dir().to_str().unwrap()], "Could not find the file");
+    // The API itself: version bounds, unknown routes, filter errors, all as JSON messages.
+    let r = d.request("GET", "/v1.12/info", None).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("too old"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let r = d.request("GET", "/v1.99/info", None).unwrap();
+    assert_eq!(r.status, 400);
+    let r = d.request("GET", "/v1.50/nope", None).unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("\"message\""));
+    let r = d.request("GET", "/containers/json?filters=%7B%22bogus%22%3A%5B%22x%22%5D%7D", None).unwrap();
+    assert_eq!(r.status, 400);
+    let r = d.request("POST", "/containers/create", Some("{not json")).unwrap();
+    assert_eq!(r.status, 400);
+    let r = d.request("GET", "/containers/json?filters=%7B%22status%22%3A%7B%22exited%22%3Atrue%7D%7D", None).unwrap();
+    assert_eq!(r.status, 200, "map-form filters");
+    // The daemon is still healthy after all of that.
+    assert!(d.ping());
+    d.docker_ok(["rm", "-f", "busy", "nocmd"]);
+}
+
+#[test]
+fn interactive_exec_and_run_with_a_tty() {
+    if !root() {
+        return;
+    }
+    let d = start_daemon("shoal-tty");
+    load(&d, &TestImage::busybox().docker_archive());
+    d.docker_ok(["run", "-d", "--name", "t", "busybox", "sleep", "1000"]);
+    // stdin through exec -i
+    let mut child = std::process::Command::new("docker")
+        .args(["-H", &d.host(), "exec", "-i", "t", "sh", "-c", "read x; echo got:$x"])
+        .env("DOCKER_CONFIG", d.dir().join("docker-config"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"ping\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got:ping\n");
+    // A tty exec, under `script` so the CLI has a terminal.
+    let cmd = format!("docker -H {} exec -it t sh -c 'tty; exit 5'", d.host());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("DOCKER_CONFIG", d.dir().join("docker-config"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "tty exec output: {text}");
+    assert_eq!(out.status.code(), Some(5));
+    let cmd = format!("docker -H {} run --rm -t busybox sh -c 'tty'", d.host());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("DOCKER_CONFIG", d.dir().join("docker-config"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/dev/pts/"), "run -t: {}", String::from_utf8_lossy(&out.stdout));
+    // logs -f follows until the container stops.
+    d.docker_ok(["run", "-d", "--name", "ticker", "busybox", "sh", "-c", "for i in 1 2 3; do echo tick$i; sleep 0.3; done"]);
+    let follow = d.docker_ok(["logs", "-f", "ticker"]);
+    assert_eq!(follow, "tick1\ntick2\ntick3\n");
+    d.docker_ok(["rm", "-f", "t", "ticker"]);
+}
