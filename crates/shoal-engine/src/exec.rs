@@ -134,7 +134,11 @@ impl Engine {
         } else {
             "/".into()
         };
-        let process_json = self.shim_dir(&container_id).join(format!("exec-{id}.json"));
+        // Short path: the exec helper binds its console socket next to this file, and unix socket
+        // paths are limited to 107 bytes.
+        let exec_dir = self.inner.cfg.exec_root.join("exec");
+        std::fs::create_dir_all(&exec_dir).map_err(|e| EngineError::io(format!("creating {}", exec_dir.display()), e))?;
+        let process_json = exec_dir.join(format!("{}.json", &id[..12]));
         let input = shoal_runtime::ExecProcessInput { args: config.cmd.clone(), env, cwd, user, tty: config.tty, cap_add: Vec::new(), cap_drop: Vec::new(), privileged: config.privileged };
         shoal_runtime::write_exec_process(&process_json, &input)?;
         let args = shoal_runtime::ExecHelperArgs {

@@ -71,10 +71,22 @@ pub(crate) struct ReadyReport {
 
 impl ReadyReport {
     pub(crate) fn success(shim_pid: i32, init_pid: i32) -> Self {
-        ReadyReport { ok: true, shim_pid, init_pid, error: None, exit_code: None }
+        ReadyReport {
+            ok: true,
+            shim_pid,
+            init_pid,
+            error: None,
+            exit_code: None,
+        }
     }
     pub(crate) fn failure(error: String, exit_code: Option<i32>) -> Self {
-        ReadyReport { ok: false, shim_pid: 0, init_pid: 0, error: Some(error), exit_code }
+        ReadyReport {
+            ok: false,
+            shim_pid: 0,
+            init_pid: 0,
+            error: Some(error),
+            exit_code,
+        }
     }
 }
 
@@ -102,12 +114,19 @@ pub(crate) fn map_fd_in_child(cmd: &mut Command, fd: i32, target: i32) {
 /// A failure to find the command yields [`RuntimeError::Exec`] with Docker's text.
 pub fn spawn_shim(exe: &Path, args: &ShimArgs) -> Result<ShimStarted, RuntimeError> {
     crate::shim::validate_id(&args.id)?;
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::sys("pipe2", e))?;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::sys("pipe2", e))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("shim").args(args.to_argv()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("shim")
+        .args(args.to_argv())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     map_fd_in_child(&mut cmd, w.as_raw_fd(), READY_FD);
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| RuntimeError::io("spawn shim", exe, e))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RuntimeError::io("spawn shim", exe, e))?;
     drop(w);
     tracing::debug!(id = %args.id, pid = child.id(), "spawned shim");
 
@@ -117,26 +136,39 @@ pub fn spawn_shim(exe: &Path, args: &ShimArgs) -> Result<ShimStarted, RuntimeErr
     let _ = child.wait();
     match line {
         Ok(Some(line)) => {
-            let rep: ReadyReport = serde_json::from_slice(&line)
-                .map_err(|e| RuntimeError::Protocol(format!("bad ready report from shim {}: {e}", args.id)))?;
+            let rep: ReadyReport = serde_json::from_slice(&line).map_err(|e| {
+                RuntimeError::Protocol(format!("bad ready report from shim {}: {e}", args.id))
+            })?;
             if rep.ok {
                 tracing::info!(id = %args.id, shim_pid = rep.shim_pid, init_pid = rep.init_pid,
                     elapsed_ms = started.elapsed().as_millis() as u64, "shim ready");
-                Ok(ShimStarted { shim_pid: rep.shim_pid, init_pid: rep.init_pid })
+                Ok(ShimStarted {
+                    shim_pid: rep.shim_pid,
+                    init_pid: rep.init_pid,
+                })
             } else {
                 let msg = rep.error.unwrap_or_else(|| "unknown shim failure".into());
                 match rep.exit_code {
-                    Some(code) => Err(RuntimeError::Exec { message: msg, exit_code: code }),
+                    Some(code) => Err(RuntimeError::Exec {
+                        message: msg,
+                        exit_code: code,
+                    }),
                     None => Err(RuntimeError::ShimFailed(msg)),
                 }
             }
         }
-        Ok(None) => Err(RuntimeError::ShimFailed(format!("shim for container {} exited without reporting", args.id))),
+        Ok(None) => Err(RuntimeError::ShimFailed(format!(
+            "shim for container {} exited without reporting",
+            args.id
+        ))),
         Err(()) => {
             tracing::error!(id = %args.id, "shim did not report in time; killing it");
             if let Some(pid) = read_pid(&args.shim_dir.join("shim.pid")) {
                 if pid_is_shim(pid, &args.id) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
             cleanup_stale(&args.runtime_root, &args.id);
@@ -166,14 +198,24 @@ pub(crate) fn read_line_with_deadline(
             let _ = c.try_wait();
         }
         let ms = deadline.duration_since(now).as_millis().min(200) as i32;
-        let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd, length 1.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         if n <= 0 {
             continue;
         }
         match f.read(&mut chunk) {
-            Ok(0) => return if buf.is_empty() { Ok(None) } else { Ok(Some(buf)) },
+            Ok(0) => {
+                return if buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Ok(Some(buf))
+                }
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return Ok(None),
@@ -182,17 +224,25 @@ pub(crate) fn read_line_with_deadline(
 }
 
 fn read_pid(p: &Path) -> Option<i32> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok().filter(|p: &i32| *p > 0)
+    std::fs::read_to_string(p)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p: &i32| *p > 0)
 }
 
 /// True when /proc/<pid>/cmdline is `<exe> shim ... --id <id> ...`.
 fn pid_is_shim(pid: i32, id: &str) -> bool {
-    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let argv: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
     if argv.get(1) != Some(&&b"shim"[..]) {
         return false;
     }
-    argv.windows(2).any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+    argv.windows(2)
+        .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
 }
 
 /// `Some((shim_pid, init_pid))` when the shim for `id` is running (pid files present and
@@ -211,12 +261,20 @@ pub fn read_exit(shim_dir: &Path) -> Option<ExitInfo> {
 
 /// Connects to `attach.sock` and sends the attach header. Read stdcopy frames from the returned
 /// stream; write stdin bytes to it (only forwarded when `stdin` is true).
-pub fn attach(shim_dir: &Path, stdin: bool, stdout: bool, stderr: bool) -> Result<UnixStream, RuntimeError> {
+pub fn attach(
+    shim_dir: &Path,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+) -> Result<UnixStream, RuntimeError> {
     let p = shim_dir.join("attach.sock");
     let mut s = UnixStream::connect(&p).map_err(|e| RuntimeError::io("connect", &p, e))?;
-    let mut hdr = serde_json::json!({"stdin": stdin, "stdout": stdout, "stderr": stderr}).to_string().into_bytes();
+    let mut hdr = serde_json::json!({"stdin": stdin, "stdout": stdout, "stderr": stderr})
+        .to_string()
+        .into_bytes();
     hdr.push(b'\n');
-    s.write_all(&hdr).map_err(|e| RuntimeError::io("write attach header", &p, e))?;
+    s.write_all(&hdr)
+        .map_err(|e| RuntimeError::io("write attach header", &p, e))?;
     Ok(s)
 }
 
@@ -228,9 +286,12 @@ pub fn control(shim_dir: &Path, req: &ControlRequest) -> Result<(), RuntimeError
     let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
     let mut line = serde_json::to_vec(req).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
     line.push(b'\n');
-    s.write_all(&line).map_err(|e| RuntimeError::io("write control request", &p, e))?;
+    s.write_all(&line)
+        .map_err(|e| RuntimeError::io("write control request", &p, e))?;
     let mut reply = String::new();
-    BufReader::new(&s).read_line(&mut reply).map_err(|e| RuntimeError::io("read control reply", &p, e))?;
+    BufReader::new(&s)
+        .read_line(&mut reply)
+        .map_err(|e| RuntimeError::io("read control reply", &p, e))?;
     #[derive(Deserialize)]
     struct Reply {
         ok: bool,
@@ -242,7 +303,9 @@ pub fn control(shim_dir: &Path, req: &ControlRequest) -> Result<(), RuntimeError
     if r.ok {
         Ok(())
     } else {
-        Err(RuntimeError::ShimFailed(r.error.unwrap_or_else(|| "control request failed".into())))
+        Err(RuntimeError::ShimFailed(
+            r.error.unwrap_or_else(|| "control request failed".into()),
+        ))
     }
 }
 
@@ -265,12 +328,22 @@ mod tests {
 
     #[test]
     fn control_wire_format() {
-        assert_eq!(serde_json::to_string(&ControlRequest::Kill(15)).unwrap(), r#"{"kill":15}"#);
         assert_eq!(
-            serde_json::to_string(&ControlRequest::Resize(ResizeRequest { height: 24, width: 80 })).unwrap(),
+            serde_json::to_string(&ControlRequest::Kill(15)).unwrap(),
+            r#"{"kill":15}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ControlRequest::Resize(ResizeRequest {
+                height: 24,
+                width: 80
+            }))
+            .unwrap(),
             r#"{"resize":{"height":24,"width":80}}"#
         );
-        assert_eq!(serde_json::to_string(&ControlRequest::Start(true)).unwrap(), r#"{"start":true}"#);
+        assert_eq!(
+            serde_json::to_string(&ControlRequest::Start(true)).unwrap(),
+            r#"{"start":true}"#
+        );
         let e: ExitInfo = serde_json::from_str(
             r#"{"exit_code":137,"signal":9,"finished_at":"2026-11-24T10:00:00.123456789Z","oom_killed":false,"error":null}"#,
         )

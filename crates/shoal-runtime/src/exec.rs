@@ -19,7 +19,9 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::{waitpid, WaitStatus};
 use serde_json::json;
 
-use crate::shim::{error_chain, map_exec_error, parse_kv, recv_fd, send_fd, take, take_bool, validate_id, READY_FD};
+use crate::shim::{
+    error_chain, map_exec_error, parse_kv, recv_fd, send_fd, take, take_bool, validate_id, READY_FD,
+};
 use crate::spec::{caps_json, complete_env, rlimits_json, tweak_capabilities};
 use crate::user::ResolvedUser;
 use crate::RuntimeError;
@@ -60,7 +62,9 @@ impl ExecHelperArgs {
             tty: take_bool(&mut m, "tty", W)?,
         };
         if let Some(k) = m.keys().next() {
-            return Err(RuntimeError::InvalidInput(format!("{W}: unknown flag --{k}")));
+            return Err(RuntimeError::InvalidInput(format!(
+                "{W}: unknown flag --{k}"
+            )));
         }
         validate_id(&a.id)?;
         Ok(a)
@@ -86,10 +90,16 @@ pub struct ExecProcessInput {
 /// Writes the OCI `Process` JSON for an exec.
 pub fn write_exec_process(path: &Path, input: &ExecProcessInput) -> Result<(), RuntimeError> {
     if input.args.is_empty() {
-        return Err(RuntimeError::InvalidInput("no exec command specified".into()));
+        return Err(RuntimeError::InvalidInput(
+            "no exec command specified".into(),
+        ));
     }
     let caps = tweak_capabilities(&input.cap_add, &input.cap_drop, input.privileged)?;
-    let cwd = if input.cwd.is_empty() { "/".to_string() } else { input.cwd.clone() };
+    let cwd = if input.cwd.is_empty() {
+        "/".to_string()
+    } else {
+        input.cwd.clone()
+    };
     let mut user = json!({"uid": input.user.uid, "gid": input.user.gid});
     if !input.user.additional_gids.is_empty() {
         user["additionalGids"] = json!(input.user.additional_gids);
@@ -105,7 +115,8 @@ pub fn write_exec_process(path: &Path, input: &ExecProcessInput) -> Result<(), R
         "noNewPrivileges": false,
     });
     // Validate through oci-spec's type.
-    let p: oci_spec::runtime::Process = serde_json::from_value(v).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+    let p: oci_spec::runtime::Process =
+        serde_json::from_value(v).map_err(|e| RuntimeError::Spec(e.to_string()))?;
     let data = serde_json::to_vec(&p).map_err(|e| RuntimeError::Spec(e.to_string()))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| RuntimeError::io("create dir", dir, e))?;
@@ -129,19 +140,38 @@ pub fn spawn_exec(exe: &Path, args: &ExecHelperArgs) -> Result<ExecChild, Runtim
     let mut cmd = Command::new(exe);
     cmd.arg("exec-helper").args(args.to_argv());
     if !args.tty {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = cmd.spawn().map_err(|e| RuntimeError::io("spawn exec helper", exe, e))?;
-        return Ok(ExecChild { child, pty_master: None });
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::io("spawn exec helper", exe, e))?;
+        return Ok(ExecChild {
+            child,
+            pty_master: None,
+        });
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let (ours, theirs) = UnixStream::pair().map_err(|e| RuntimeError::io("socketpair", "exec tty channel", e))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| RuntimeError::io("socketpair", "exec tty channel", e))?;
     crate::client::map_fd_in_child(&mut cmd, theirs.as_raw_fd(), READY_FD);
-    let child = cmd.spawn().map_err(|e| RuntimeError::io("spawn exec helper", exe, e))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| RuntimeError::io("spawn exec helper", exe, e))?;
     drop(theirs);
     let deadline = Instant::now() + crate::client::SHIM_READY_TIMEOUT;
     loop {
-        let ms = deadline.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32;
-        let mut pfd = libc::pollfd { fd: ours.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd {
+            fd: ours.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd, length 1.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         if n > 0 {
@@ -155,7 +185,10 @@ pub fn spawn_exec(exe: &Path, args: &ExecHelperArgs) -> Result<ExecChild, Runtim
         }
     }
     let master = recv_fd(&ours)?;
-    Ok(ExecChild { child, pty_master: master })
+    Ok(ExecChild {
+        child,
+        pty_master: master,
+    })
 }
 
 fn exit_code_of(status: WaitStatus) -> i32 {
@@ -176,7 +209,10 @@ pub fn exec_helper_main(args: ExecHelperArgs) -> i32 {
         None
     };
     if let Some(c) = &chan {
-        let _ = nix::fcntl::fcntl(c.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        let _ = nix::fcntl::fcntl(
+            c.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
     }
     match run_exec(&args, chan) {
         Ok(code) => code,
@@ -194,11 +230,17 @@ pub fn exec_helper_main(args: ExecHelperArgs) -> i32 {
 fn run_exec(args: &ExecHelperArgs, chan: Option<OwnedFd>) -> Result<i32, RuntimeError> {
     let mut builder = ContainerBuilder::new(args.id.clone(), SyscallType::default())
         .with_root_path(&args.runtime_root)
-        .map_err(|e| RuntimeError::Libcontainer { op: "exec", id: args.id.clone(), message: error_chain(&e) })?;
+        .map_err(|e| RuntimeError::Libcontainer {
+            op: "exec",
+            id: args.id.clone(),
+            message: error_chain(&e),
+        })?;
     let mut listener = None;
     let mut sock_path = None;
     if args.tty {
-        let p = args.process_json.with_extension(format!("{}.console.sock", std::process::id()));
+        let p = args
+            .process_json
+            .with_extension(format!("{}.console.sock", std::process::id()));
         let _ = std::fs::remove_file(&p);
         let l = UnixListener::bind(&p).map_err(|e| RuntimeError::io("bind", &p, e))?;
         builder = builder.with_console_socket(Some(&p));
@@ -216,15 +258,23 @@ fn run_exec(args: &ExecHelperArgs, chan: Option<OwnedFd>) -> Result<i32, Runtime
     let result = (|| {
         let pid = built.map_err(|e| {
             let chain = error_chain(&e);
-            map_exec_error(&chain).unwrap_or(RuntimeError::Libcontainer { op: "exec", id: args.id.clone(), message: chain })
+            map_exec_error(&chain).unwrap_or(RuntimeError::Libcontainer {
+                op: "exec",
+                id: args.id.clone(),
+                message: chain,
+            })
         })?;
         if let (Some(l), Some(chan)) = (&listener, &chan) {
-            l.set_nonblocking(true).map_err(|e| RuntimeError::io("set nonblocking", "console socket", e))?;
+            l.set_nonblocking(true)
+                .map_err(|e| RuntimeError::io("set nonblocking", "console socket", e))?;
             let deadline = Instant::now() + Duration::from_secs(10);
             let conn = loop {
                 match l.accept() {
                     Ok((c, _)) => break c,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            && Instant::now() < deadline =>
+                    {
                         std::thread::sleep(Duration::from_millis(5))
                     }
                     Err(e) => return Err(RuntimeError::io("accept", "console socket", e)),
@@ -232,7 +282,8 @@ fn run_exec(args: &ExecHelperArgs, chan: Option<OwnedFd>) -> Result<i32, Runtime
             };
             let _ = conn.set_nonblocking(false);
             let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-            let master = recv_fd(&conn)?.ok_or_else(|| RuntimeError::Protocol("no pty master received".into()))?;
+            let master = recv_fd(&conn)?
+                .ok_or_else(|| RuntimeError::Protocol("no pty master received".into()))?;
             send_fd(chan.as_raw_fd(), master.as_raw_fd())?;
         }
         Ok(pid)
@@ -244,7 +295,9 @@ fn run_exec(args: &ExecHelperArgs, chan: Option<OwnedFd>) -> Result<i32, Runtime
     let pid = result?;
     loop {
         match waitpid(pid, None) {
-            Ok(st @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return Ok(exit_code_of(st)),
+            Ok(st @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                return Ok(exit_code_of(st))
+            }
             Ok(_) => {}
             Err(nix::Error::EINTR) => {}
             Err(e) => return Err(RuntimeError::sys("waitpid exec process", e)),
@@ -258,13 +311,26 @@ mod tests {
 
     #[test]
     fn argv_roundtrip_and_process_json() {
-        let a = ExecHelperArgs { id: "c1".into(), runtime_root: "/run/shoal/runtime".into(), process_json: "/run/shoal/exec/x.json".into(), tty: true };
+        let a = ExecHelperArgs {
+            id: "c1".into(),
+            runtime_root: "/run/shoal/runtime".into(),
+            process_json: "/run/shoal/exec/x.json".into(),
+            tty: true,
+        };
         assert_eq!(ExecHelperArgs::from_argv(&a.to_argv()).unwrap(), a);
         let dir = std::env::temp_dir().join(format!("shoal-exec-{}", std::process::id()));
         let p = dir.join("p.json");
         write_exec_process(
             &p,
-            &ExecProcessInput { args: vec!["sh".into()], user: ResolvedUser { uid: 1, gid: 2, additional_gids: vec![3] }, ..Default::default() },
+            &ExecProcessInput {
+                args: vec!["sh".into()],
+                user: ResolvedUser {
+                    uid: 1,
+                    gid: 2,
+                    additional_gids: vec![3],
+                },
+                ..Default::default()
+            },
         )
         .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();

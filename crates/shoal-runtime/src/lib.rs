@@ -28,9 +28,7 @@ pub use exec::{
     exec_helper_main, spawn_exec, write_exec_process, ExecChild, ExecHelperArgs, ExecProcessInput,
 };
 pub use shim::{shim_main, ShimArgs};
-pub use spec::{
-    build_spec, default_capabilities, write_bundle, MountKind, MountSpec, SpecInput,
-};
+pub use spec::{build_spec, default_capabilities, write_bundle, MountKind, MountSpec, SpecInput};
 pub use user::{resolve_user, ResolvedUser};
 
 /// Every error this crate returns. Messages are lower-case and name the input that failed.
@@ -88,8 +86,16 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
-    pub(crate) fn io(op: &'static str, path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        RuntimeError::Io { op, path: path.as_ref().display().to_string(), source }
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl AsRef<std::path::Path>,
+        source: std::io::Error,
+    ) -> Self {
+        RuntimeError::Io {
+            op,
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
     pub(crate) fn sys(op: &'static str, source: nix::Error) -> Self {
         RuntimeError::Sys { op, source }

@@ -45,7 +45,11 @@ pub fn json_line(stream: Stream, log: &[u8], time: &str) -> Vec<u8> {
         stream: &'a str,
         time: &'a str,
     }
-    let l = Line { log: String::from_utf8_lossy(log), stream: stream.name(), time };
+    let l = Line {
+        log: String::from_utf8_lossy(log),
+        stream: stream.name(),
+        time,
+    };
     let mut v = serde_json::to_vec(&l).unwrap_or_default();
     v.push(b'\n');
     v
@@ -103,15 +107,21 @@ mod tests {
         s.feed(Stream::Stdout, b"hi\npar", &mut out).unwrap();
         s.feed(Stream::Stdout, b"tial\nend", &mut out).unwrap();
         s.flush(Stream::Stdout, &mut out).unwrap();
-        let lines: Vec<serde_json::Value> =
-            out.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0]["log"], "hi\n");
         assert_eq!(lines[1]["log"], "partial\n");
         assert_eq!(lines[2]["log"], "end");
         assert_eq!(lines[0]["stream"], "stdout");
         let t = lines[0]["time"].as_str().unwrap();
-        assert!(t.ends_with('Z') && t.len() == "2026-11-24T10:00:00.123456789Z".len(), "{t}");
+        assert!(
+            t.ends_with('Z') && t.len() == "2026-11-24T10:00:00.123456789Z".len(),
+            "{t}"
+        );
     }
 
     #[test]

@@ -32,7 +32,11 @@ pub fn open_in_root(root: &Path, path: &str, extra_flags: i32) -> io::Result<Fil
         resolve: u64,
     }
     // openat2 rejects O_PATH combined with anything but O_CLOEXEC/O_DIRECTORY/O_NOFOLLOW.
-    let base = if extra_flags & libc::O_PATH != 0 { libc::O_CLOEXEC } else { libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY };
+    let base = if extra_flags & libc::O_PATH != 0 {
+        libc::O_CLOEXEC
+    } else {
+        libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY
+    };
     let how = OpenHow {
         flags: (base | extra_flags) as u64,
         mode: 0,
@@ -136,12 +140,21 @@ mod tests {
         std::os::unix::fs::symlink("/secret", dir.join("etc/passwd")).unwrap();
         std::os::unix::fs::symlink("../../../../secret", dir.join("etc/up")).unwrap();
         let mut s = String::new();
-        open_in_root(&dir, "/etc/passwd", 0).unwrap().read_to_string(&mut s).unwrap();
+        open_in_root(&dir, "/etc/passwd", 0)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "inside");
         s.clear();
-        open_in_root(&dir, "etc/up", 0).unwrap().read_to_string(&mut s).unwrap();
+        open_in_root(&dir, "etc/up", 0)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "inside");
-        assert_eq!(secure_join(&dir, "/etc/passwd").unwrap(), dir.join("secret"));
+        assert_eq!(
+            secure_join(&dir, "/etc/passwd").unwrap(),
+            dir.join("secret")
+        );
         assert_eq!(secure_join(&dir, "/etc/up").unwrap(), dir.join("secret"));
         assert_eq!(secure_join(&dir, "/../../x").unwrap(), dir.join("x"));
         let _ = std::fs::remove_dir_all(&dir);

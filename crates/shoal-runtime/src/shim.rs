@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -59,30 +59,48 @@ pub struct ShimArgs {
     pub start_gated: bool,
 }
 
-pub(crate) fn parse_kv(argv: &[String], what: &str) -> Result<HashMap<String, String>, RuntimeError> {
+pub(crate) fn parse_kv(
+    argv: &[String],
+    what: &str,
+) -> Result<HashMap<String, String>, RuntimeError> {
     let mut m = HashMap::new();
     let mut it = argv.iter();
     while let Some(k) = it.next() {
         let Some(key) = k.strip_prefix("--") else {
-            return Err(RuntimeError::InvalidInput(format!("{what}: unexpected argument {k:?}")));
+            return Err(RuntimeError::InvalidInput(format!(
+                "{what}: unexpected argument {k:?}"
+            )));
         };
         let Some(v) = it.next() else {
-            return Err(RuntimeError::InvalidInput(format!("{what}: missing value for --{key}")));
+            return Err(RuntimeError::InvalidInput(format!(
+                "{what}: missing value for --{key}"
+            )));
         };
         m.insert(key.to_string(), v.clone());
     }
     Ok(m)
 }
 
-pub(crate) fn take(m: &mut HashMap<String, String>, key: &str, what: &str) -> Result<String, RuntimeError> {
-    m.remove(key).ok_or_else(|| RuntimeError::InvalidInput(format!("{what}: missing --{key}")))
+pub(crate) fn take(
+    m: &mut HashMap<String, String>,
+    key: &str,
+    what: &str,
+) -> Result<String, RuntimeError> {
+    m.remove(key)
+        .ok_or_else(|| RuntimeError::InvalidInput(format!("{what}: missing --{key}")))
 }
 
-pub(crate) fn take_bool(m: &mut HashMap<String, String>, key: &str, what: &str) -> Result<bool, RuntimeError> {
+pub(crate) fn take_bool(
+    m: &mut HashMap<String, String>,
+    key: &str,
+    what: &str,
+) -> Result<bool, RuntimeError> {
     match m.remove(key).as_deref() {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
-        Some(v) => Err(RuntimeError::InvalidInput(format!("{what}: --{key} must be true or false, got {v:?}"))),
+        Some(v) => Err(RuntimeError::InvalidInput(format!(
+            "{what}: --{key} must be true or false, got {v:?}"
+        ))),
     }
 }
 
@@ -129,7 +147,9 @@ impl ShimArgs {
             start_gated: take_bool(&mut m, "start-gated", W)?,
         };
         if let Some(k) = m.keys().next() {
-            return Err(RuntimeError::InvalidInput(format!("{W}: unknown flag --{k}")));
+            return Err(RuntimeError::InvalidInput(format!(
+                "{W}: unknown flag --{k}"
+            )));
         }
         validate_id(&a.id)?;
         Ok(a)
@@ -139,12 +159,16 @@ impl ShimArgs {
 pub(crate) fn validate_id(id: &str) -> Result<(), RuntimeError> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
         && !id.starts_with('.');
     if ok {
         Ok(())
     } else {
-        Err(RuntimeError::InvalidInput(format!("invalid container id {id:?}")))
+        Err(RuntimeError::InvalidInput(format!(
+            "invalid container id {id:?}"
+        )))
     }
 }
 
@@ -156,7 +180,10 @@ pub fn shim_main(args: ShimArgs) -> i32 {
     let ready = if unsafe { libc::fcntl(READY_FD, libc::F_GETFD) } >= 0 {
         // SAFETY: fd 3 is open and, by the spawn protocol, handed to us for exclusive use.
         let fd = unsafe { OwnedFd::from_raw_fd(READY_FD) };
-        let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        let _ = nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
         Some(File::from(fd))
     } else {
         None
@@ -170,7 +197,10 @@ pub fn shim_main(args: ShimArgs) -> i32 {
     // continues running ordinary Rust code in a fresh copy of this single thread.
     match unsafe { nix::unistd::fork() } {
         Err(e) => {
-            report(ready, &ReadyReport::failure(format!("fork shim: {e}"), None));
+            report(
+                ready,
+                &ReadyReport::failure(format!("fork shim: {e}"), None),
+            );
             1
         }
         Ok(nix::unistd::ForkResult::Parent { .. }) => 0,
@@ -193,8 +223,10 @@ fn thread_count() -> usize {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse::<usize>().unwrap_or(1)))
+            s.lines().find_map(|l| {
+                l.strip_prefix("Threads:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(1))
+            })
         })
         .unwrap_or(1)
 }
@@ -210,7 +242,11 @@ fn report(ready: Option<File>, r: &ReadyReport) {
 
 fn init_shim_logging(shim_dir: &Path) {
     let path = shim_dir.join("shim.log");
-    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
         let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_SHIM_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         let _ = tracing_subscriber::fmt()
@@ -255,7 +291,10 @@ pub(crate) fn map_exec_error(chain: &str) -> Option<RuntimeError> {
                 });
             }
             if tail.contains("does not have correct permissions") {
-                return Some(RuntimeError::Exec { message: format!("exec: \"{name}\": permission denied"), exit_code: 126 });
+                return Some(RuntimeError::Exec {
+                    message: format!("exec: \"{name}\": permission denied"),
+                    exit_code: 126,
+                });
             }
         }
     }
@@ -267,11 +306,15 @@ pub(crate) fn map_exec_error(chain: &str) -> Option<RuntimeError> {
 /// not checked (the file is not in the rootfs).
 pub(crate) fn check_executable(spec: &Spec) -> Result<(), RuntimeError> {
     use std::os::unix::fs::PermissionsExt;
-    let Some(process) = spec.process() else { return Ok(()) };
+    let Some(process) = spec.process() else {
+        return Ok(());
+    };
     let Some(arg0) = process.args().as_ref().and_then(|a| a.first()).cloned() else {
         return Err(RuntimeError::InvalidInput("no command specified".into()));
     };
-    let Some(root) = spec.root().as_ref().map(|r| r.path().clone()) else { return Ok(()) };
+    let Some(root) = spec.root().as_ref().map(|r| r.path().clone()) else {
+        return Ok(());
+    };
     let under_mount = |p: &str| {
         spec.mounts().iter().flatten().any(|m| {
             m.typ().as_deref().is_some_and(|t| t == "bind")
@@ -295,7 +338,10 @@ pub(crate) fn check_executable(spec: &Spec) -> Result<(), RuntimeError> {
         }
         return match check(&full) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(RuntimeError::Exec { message: format!("exec: \"{arg0}\": permission denied"), exit_code: 126 }),
+            Ok(false) => Err(RuntimeError::Exec {
+                message: format!("exec: \"{arg0}\": permission denied"),
+                exit_code: 126,
+            }),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(RuntimeError::Exec {
                 message: format!("exec: \"{arg0}\": stat {arg0}: no such file or directory"),
                 exit_code: 127,
@@ -318,7 +364,10 @@ pub(crate) fn check_executable(spec: &Spec) -> Result<(), RuntimeError> {
             return Ok(());
         }
     }
-    Err(RuntimeError::Exec { message: format!("exec: \"{arg0}\": executable file not found in $PATH"), exit_code: 127 })
+    Err(RuntimeError::Exec {
+        message: format!("exec: \"{arg0}\": executable file not found in $PATH"),
+        exit_code: 127,
+    })
 }
 
 /// Receives one fd sent with SCM_RIGHTS on `sock`.
@@ -327,9 +376,16 @@ pub(crate) fn recv_fd(sock: &UnixStream) -> Result<Option<OwnedFd>, RuntimeError
     let mut buf = [0u8; 256];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| RuntimeError::sys("recvmsg console fd", e))?;
-    let cmsgs = msg.cmsgs().map_err(|e| RuntimeError::sys("parse control message", e))?;
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| RuntimeError::sys("recvmsg console fd", e))?;
+    let cmsgs = msg
+        .cmsgs()
+        .map_err(|e| RuntimeError::sys("parse control message", e))?;
     for c in cmsgs {
         if let ControlMessageOwned::ScmRights(fds) = c {
             let mut owned: Vec<OwnedFd> = fds
@@ -351,12 +407,18 @@ pub(crate) fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), RuntimeError> {
     let iov = [std::io::IoSlice::new(b"pty")];
     let fds = [fd];
     let cmsg = [ControlMessage::ScmRights(&fds)];
-    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None).map_err(|e| RuntimeError::sys("sendmsg pty fd", e))?;
+    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None)
+        .map_err(|e| RuntimeError::sys("sendmsg pty fd", e))?;
     Ok(())
 }
 
 pub(crate) fn set_winsize(fd: RawFd, height: u16, width: u16) -> Result<(), RuntimeError> {
-    let ws = libc::winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a `winsize` from the valid pointer we pass; fd is a pty master.
     let r = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws as *const libc::winsize) };
     if r < 0 {
@@ -379,7 +441,13 @@ pub(crate) fn raw_pidfd_open(pid: i32) -> Result<OwnedFd, RuntimeError> {
 fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> Result<(), nix::Error> {
     // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, a NULL siginfo and no flags.
     let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
     };
     if r < 0 {
         Err(nix::Error::last())
@@ -405,7 +473,10 @@ fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
 fn set_nonblocking(fd: RawFd) {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     if let Ok(fl) = fcntl(fd, FcntlArg::F_GETFL) {
-        let _ = fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK));
+        let _ = fcntl(
+            fd,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK),
+        );
     }
 }
 
@@ -419,10 +490,17 @@ struct Stdio {
 }
 
 fn run(args: &ShimArgs, ready: Option<File>) -> Result<(), RuntimeError> {
-    std::fs::create_dir_all(&args.shim_dir).map_err(|e| RuntimeError::io("create shim dir", &args.shim_dir, e))?;
+    std::fs::create_dir_all(&args.shim_dir)
+        .map_err(|e| RuntimeError::io("create shim dir", &args.shim_dir, e))?;
     init_shim_logging(&args.shim_dir);
     let my_pid = std::process::id() as i32;
-    for stale in ["exit.json", "init.pid", "attach.sock", "control.sock", "console.sock"] {
+    for stale in [
+        "exit.json",
+        "init.pid",
+        "attach.sock",
+        "control.sock",
+        "console.sock",
+    ] {
         let _ = std::fs::remove_file(args.shim_dir.join(stale));
     }
     if let Err(e) = std::fs::write(args.shim_dir.join("shim.pid"), my_pid.to_string()) {
@@ -446,7 +524,13 @@ fn run(args: &ShimArgs, ready: Option<File>) -> Result<(), RuntimeError> {
             tracing::error!(id = %args.id, error = %e, "container creation failed");
             report(ready, &ReadyReport::failure(e.to_string(), code));
             cleanup_container(&args.runtime_root, &args.id);
-            for f in ["attach.sock", "control.sock", "console.sock", "shim.pid", "init.pid"] {
+            for f in [
+                "attach.sock",
+                "control.sock",
+                "console.sock",
+                "shim.pid",
+                "init.pid",
+            ] {
                 let _ = std::fs::remove_file(args.shim_dir.join(f));
             }
             Err(e)
@@ -475,7 +559,8 @@ pub(crate) fn cleanup_container(runtime_root: &Path, id: &str) {
 
 fn setup(args: &ShimArgs) -> Result<Shim, RuntimeError> {
     let config = args.bundle.join("config.json");
-    let spec = Spec::load(&config).map_err(|e| RuntimeError::Spec(format!("load {}: {e}", config.display())))?;
+    let spec = Spec::load(&config)
+        .map_err(|e| RuntimeError::Spec(format!("load {}: {e}", config.display())))?;
     let mut spec_abs = spec.clone();
     spec_abs
         .canonicalize_rootfs(&args.bundle)
@@ -487,7 +572,8 @@ fn setup(args: &ShimArgs) -> Result<Shim, RuntimeError> {
         .and_then(|l| l.cgroups_path().clone())
         .unwrap_or_else(|| PathBuf::from(format!("/shoal/{}", args.id)));
 
-    std::fs::create_dir_all(&args.runtime_root).map_err(|e| RuntimeError::io("create runtime root", &args.runtime_root, e))?;
+    std::fs::create_dir_all(&args.runtime_root)
+        .map_err(|e| RuntimeError::io("create runtime root", &args.runtime_root, e))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -498,7 +584,11 @@ fn setup(args: &ShimArgs) -> Result<Shim, RuntimeError> {
         let id = args.id.clone();
         move |e: libcontainer::error::LibcontainerError| {
             let chain = error_chain(&e);
-            map_exec_error(&chain).unwrap_or(RuntimeError::Libcontainer { op, id, message: chain })
+            map_exec_error(&chain).unwrap_or(RuntimeError::Libcontainer {
+                op,
+                id,
+                message: chain,
+            })
         }
     };
     let mut builder = ContainerBuilder::new(args.id.clone(), SyscallType::default())
@@ -507,9 +597,15 @@ fn setup(args: &ShimArgs) -> Result<Shim, RuntimeError> {
 
     let console_path = args.shim_dir.join("console.sock");
     let mut console_listener = None;
-    let mut stdio = Stdio { stdout: None, stderr: None, stdin: None, master: None };
+    let mut stdio = Stdio {
+        stdout: None,
+        stderr: None,
+        stdin: None,
+        master: None,
+    };
     if args.tty {
-        let l = UnixListener::bind(&console_path).map_err(|e| RuntimeError::io("bind", &console_path, e))?;
+        let l = UnixListener::bind(&console_path)
+            .map_err(|e| RuntimeError::io("bind", &console_path, e))?;
         console_listener = Some(l);
         builder = builder.with_console_socket(Some(&console_path));
     } else {
@@ -521,7 +617,8 @@ fn setup(args: &ShimArgs) -> Result<Shim, RuntimeError> {
             builder = builder.with_stdin(in_r);
             stdio.stdin = Some(File::from(in_w));
         } else {
-            let null = File::open("/dev/null").map_err(|e| RuntimeError::io("open", "/dev/null", e))?;
+            let null =
+                File::open("/dev/null").map_err(|e| RuntimeError::io("open", "/dev/null", e))?;
             builder = builder.with_stdin(OwnedFd::from(null));
         }
         stdio.stdout = Some(File::from(out_r));
@@ -530,13 +627,22 @@ fn setup(args: &ShimArgs) -> Result<Shim, RuntimeError> {
 
     // The init is cloned inside build(): it must inherit the default SIGPIPE disposition.
     set_sigpipe(false);
-    let built = builder.as_init(&args.bundle).with_systemd(false).with_detach(true).build();
+    let built = builder
+        .as_init(&args.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build();
     set_sigpipe(true);
     let mut container = built.map_err(lc_err("create"))?;
-    let init_pid = container
-        .pid()
-        .map(|p| p.as_raw())
-        .ok_or_else(|| RuntimeError::Libcontainer { op: "create", id: args.id.clone(), message: "no init pid".into() })?;
+    let init_pid =
+        container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or_else(|| RuntimeError::Libcontainer {
+                op: "create",
+                id: args.id.clone(),
+                message: "no init pid".into(),
+            })?;
 
     if let Some(l) = console_listener {
         let _ = l.set_nonblocking(true);
@@ -552,28 +658,37 @@ fn setup(args: &ShimArgs) -> Result<Shim, RuntimeError> {
         };
         let _ = conn.set_nonblocking(false);
         let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-        let master = recv_fd(&conn)?
-            .ok_or_else(|| RuntimeError::Protocol("console socket closed without a pty master".into()))?;
+        let master = recv_fd(&conn)?.ok_or_else(|| {
+            RuntimeError::Protocol("console socket closed without a pty master".into())
+        })?;
         let _ = std::fs::remove_file(&console_path);
         let master = File::from(master);
-        let dup = |f: &File| f.try_clone().map_err(|e| RuntimeError::io("dup", "pty master", e));
+        let dup = |f: &File| {
+            f.try_clone()
+                .map_err(|e| RuntimeError::io("dup", "pty master", e))
+        };
         stdio.stdout = Some(dup(&master)?);
         stdio.stdin = Some(dup(&master)?);
         stdio.master = Some(master);
     }
-    for f in [&stdio.stdout, &stdio.stderr, &stdio.stdin].into_iter().flatten() {
+    for f in [&stdio.stdout, &stdio.stderr, &stdio.stdin]
+        .into_iter()
+        .flatten()
+    {
         set_nonblocking(f.as_raw_fd());
     }
 
     let pidfd = raw_pidfd_open(init_pid)?;
     let init_pid_path = args.shim_dir.join("init.pid");
-    std::fs::write(&init_pid_path, init_pid.to_string()).map_err(|e| RuntimeError::io("write", &init_pid_path, e))?;
+    std::fs::write(&init_pid_path, init_pid.to_string())
+        .map_err(|e| RuntimeError::io("write", &init_pid_path, e))?;
 
     let bind = |name: &str| -> Result<UnixListener, RuntimeError> {
         let p = args.shim_dir.join(name);
         let _ = std::fs::remove_file(&p);
         let l = UnixListener::bind(&p).map_err(|e| RuntimeError::io("bind", &p, e))?;
-        l.set_nonblocking(true).map_err(|e| RuntimeError::io("set nonblocking", &p, e))?;
+        l.set_nonblocking(true)
+            .map_err(|e| RuntimeError::io("set nonblocking", &p, e))?;
         Ok(l)
     };
     let attach_l = bind("attach.sock")?;
@@ -671,22 +786,39 @@ impl Shim {
         let mut last_reap = Instant::now();
         loop {
             if self.exit.is_some() {
-                let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
-                if (self.stdio.stdout.is_none() && self.stdio.stderr.is_none()) || Instant::now() >= deadline {
+                let deadline =
+                    *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+                if (self.stdio.stdout.is_none() && self.stdio.stderr.is_none())
+                    || Instant::now() >= deadline
+                {
                     return;
                 }
             }
             let mut fds: Vec<libc::pollfd> = Vec::new();
             let mut slots: Vec<Slot> = Vec::new();
             let mut add = |fd: RawFd, events: i16, slot: Slot, fds: &mut Vec<libc::pollfd>| {
-                fds.push(libc::pollfd { fd, events, revents: 0 });
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
                 slots.push(slot);
             };
             if let Some(f) = &self.stdio.stdout {
-                add(f.as_raw_fd(), libc::POLLIN, Slot::Out(Stream::Stdout), &mut fds);
+                add(
+                    f.as_raw_fd(),
+                    libc::POLLIN,
+                    Slot::Out(Stream::Stdout),
+                    &mut fds,
+                );
             }
             if let Some(f) = &self.stdio.stderr {
-                add(f.as_raw_fd(), libc::POLLIN, Slot::Out(Stream::Stderr), &mut fds);
+                add(
+                    f.as_raw_fd(),
+                    libc::POLLIN,
+                    Slot::Out(Stream::Stderr),
+                    &mut fds,
+                );
             }
             if self.exit.is_none() {
                 if let (Some(f), false) = (&self.stdio.stdin, self.stdin_buf.is_empty()) {
@@ -695,8 +827,18 @@ impl Shim {
                 if let Some(p) = &self.pidfd {
                     add(p.as_raw_fd(), libc::POLLIN, Slot::Pidfd, &mut fds);
                 }
-                add(self.attach_l.as_raw_fd(), libc::POLLIN, Slot::AttachListener, &mut fds);
-                add(self.control_l.as_raw_fd(), libc::POLLIN, Slot::ControlListener, &mut fds);
+                add(
+                    self.attach_l.as_raw_fd(),
+                    libc::POLLIN,
+                    Slot::AttachListener,
+                    &mut fds,
+                );
+                add(
+                    self.control_l.as_raw_fd(),
+                    libc::POLLIN,
+                    Slot::ControlListener,
+                    &mut fds,
+                );
                 let stdin_room = self.stdin_buf.len() < MAX_STDIN_BUFFER;
                 for (i, c) in self.clients.iter().enumerate() {
                     let mut ev = 0;
@@ -882,7 +1024,11 @@ impl Shim {
             match self.control_l.accept() {
                 Ok((sock, _)) => {
                     let _ = sock.set_nonblocking(true);
-                    self.controls.push(ControlConn { sock, inbuf: Vec::new(), dead: false });
+                    self.controls.push(ControlConn {
+                        sock,
+                        inbuf: Vec::new(),
+                        dead: false,
+                    });
                 }
                 Err(_) => return,
             }
@@ -999,7 +1145,11 @@ impl Shim {
                     return;
                 }
                 Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => return,
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
+                    return
+                }
                 Err(_) => {
                     c.dead = true;
                     return;
@@ -1042,7 +1192,8 @@ impl Shim {
                     return Err(format!("container {} is not running", self.args.id));
                 };
                 tracing::info!(id = %self.args.id, signal = sig, "signalling container init");
-                pidfd_send_signal(pidfd, *sig).map_err(|e| format!("kill container {} with signal {sig}: {e}", self.args.id))
+                pidfd_send_signal(pidfd, *sig)
+                    .map_err(|e| format!("kill container {} with signal {sig}: {e}", self.args.id))
             }
             ControlRequest::Resize(r) => {
                 let Some(m) = &self.stdio.master else {
@@ -1057,9 +1208,9 @@ impl Shim {
                 if self.exit.is_some() {
                     return Err(format!("container {} already exited", self.args.id));
                 }
-                self.container
-                    .start()
-                    .map_err(|e| format!("start container {}: {}", self.args.id, error_chain(&e)))?;
+                self.container.start().map_err(|e| {
+                    format!("start container {}: {}", self.args.id, error_chain(&e))
+                })?;
                 self.started = true;
                 Ok(())
             }
@@ -1067,9 +1218,14 @@ impl Shim {
     }
 
     fn oom_killed(&self) -> bool {
-        let rel = self.cgroups_path.strip_prefix("/").unwrap_or(&self.cgroups_path);
+        let rel = self
+            .cgroups_path
+            .strip_prefix("/")
+            .unwrap_or(&self.cgroups_path);
         let candidates = [
-            Path::new("/sys/fs/cgroup/memory").join(rel).join("memory.oom_control"),
+            Path::new("/sys/fs/cgroup/memory")
+                .join(rel)
+                .join("memory.oom_control"),
             Path::new("/sys/fs/cgroup").join(rel).join("memory.events"),
         ];
         for p in candidates {
@@ -1094,7 +1250,9 @@ impl Shim {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         for c in self.clients.iter_mut().filter(|c| !c.dead) {
             let _ = c.sock.set_nonblocking(false);
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10));
             let _ = c.sock.set_write_timeout(Some(left));
             let _ = c.sock.write_all(&c.out);
         }
@@ -1133,7 +1291,6 @@ impl Shim {
             }
         }
         tracing::info!(id = %self.args.id, exit_code, "shim exiting");
-        let _ = self.stdio.master.as_ref().map(|m| m.as_fd());
     }
 }
 
@@ -1166,8 +1323,14 @@ mod tests {
 
     #[test]
     fn maps_libcontainer_exec_errors() {
-        let e = map_exec_error("failed to run container process: executable 'nosuchcmd' not found in $PATH").unwrap();
-        assert_eq!(e.to_string(), "exec: \"nosuchcmd\": executable file not found in $PATH");
+        let e = map_exec_error(
+            "failed to run container process: executable 'nosuchcmd' not found in $PATH",
+        )
+        .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "exec: \"nosuchcmd\": executable file not found in $PATH"
+        );
         assert!(map_exec_error("something else").is_none());
     }
 }

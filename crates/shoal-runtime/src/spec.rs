@@ -60,7 +60,8 @@ pub enum MountKind {
 /// Where `--init` puts the init binary inside the container.
 pub const INIT_PATH_IN_CONTAINER: &str = "/sbin/docker-init";
 /// PATH used when the container's environment has none (Docker's default).
-pub const DEFAULT_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH_ENV: &str =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const CPU_PERIOD: u64 = 100_000;
 const DEFAULT_NOFILE: u64 = 1_048_576;
 
@@ -138,7 +139,11 @@ pub fn all_capabilities() -> Vec<String> {
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
-    ALL_CAPS.iter().filter(|(_, n)| *n <= last).map(|(c, _)| format!("CAP_{c}")).collect()
+    ALL_CAPS
+        .iter()
+        .filter(|(_, n)| *n <= last)
+        .map(|(c, _)| format!("CAP_{c}"))
+        .collect()
 }
 
 fn normalize_cap(name: &str) -> Result<String, RuntimeError> {
@@ -150,7 +155,9 @@ fn normalize_cap(name: &str) -> Result<String, RuntimeError> {
     if ALL_CAPS.iter().any(|(c, _)| *c == bare) {
         Ok(format!("CAP_{bare}"))
     } else {
-        Err(RuntimeError::InvalidInput(format!("unknown capability: {name:?}")))
+        Err(RuntimeError::InvalidInput(format!(
+            "unknown capability: {name:?}"
+        )))
     }
 }
 
@@ -164,8 +171,14 @@ pub fn tweak_capabilities(
     if privileged {
         return Ok(all_capabilities());
     }
-    let adds = cap_add.iter().map(|c| normalize_cap(c)).collect::<Result<Vec<_>, _>>()?;
-    let drops = cap_drop.iter().map(|c| normalize_cap(c)).collect::<Result<Vec<_>, _>>()?;
+    let adds = cap_add
+        .iter()
+        .map(|c| normalize_cap(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let drops = cap_drop
+        .iter()
+        .map(|c| normalize_cap(c))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut caps: Vec<String> = if adds.iter().any(|c| c == "ALL") {
         all_capabilities()
     } else {
@@ -191,7 +204,11 @@ pub fn tweak_capabilities(
 
 fn rlimit_type(name: &str) -> Result<String, RuntimeError> {
     let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("RLIMIT_") { upper } else { format!("RLIMIT_{upper}") };
+    let full = if upper.starts_with("RLIMIT_") {
+        upper
+    } else {
+        format!("RLIMIT_{upper}")
+    };
     // Validate against oci-spec's list.
     serde_json::from_value::<oci_spec::runtime::PosixRlimitType>(Value::String(full.clone()))
         .map_err(|_| RuntimeError::InvalidInput(format!("unknown rlimit: {name:?}")))?;
@@ -212,7 +229,10 @@ pub(crate) fn rlimits_json(rlimits: &[(String, u64, u64)]) -> Result<Vec<Value>,
         out.retain(|(t, _, _)| *t != typ);
         out.push((typ, *soft, *hard));
     }
-    Ok(out.into_iter().map(|(t, s, h)| json!({"type": t, "soft": s, "hard": h})).collect())
+    Ok(out
+        .into_iter()
+        .map(|(t, s, h)| json!({"type": t, "soft": s, "hard": h}))
+        .collect())
 }
 
 /// Docker's default RLIMIT_NOFILE (1048576), clamped to our own hard limit when we lack
@@ -269,7 +289,13 @@ fn default_masked_paths() -> Vec<&'static str> {
 }
 
 fn default_readonly_paths() -> Vec<&'static str> {
-    vec!["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+    vec![
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ]
 }
 
 /// Device cgroup rules (moby `oci/defaults.go` + `daemon/oci_linux.go` WithDevices).
@@ -281,7 +307,17 @@ fn device_cgroup_rules(privileged: bool) -> Vec<Value> {
     // mknod for any char/block device
     v.push(json!({"allow": true, "type": "c", "access": "m"}));
     v.push(json!({"allow": true, "type": "b", "access": "m"}));
-    for (maj, min) in [(1, 3), (1, 8), (1, 7), (5, 0), (1, 5), (1, 9), (5, 1), (5, 2), (10, 200)] {
+    for (maj, min) in [
+        (1, 3),
+        (1, 8),
+        (1, 7),
+        (5, 0),
+        (1, 5),
+        (1, 9),
+        (5, 1),
+        (5, 2),
+        (10, 200),
+    ] {
         v.push(json!({"allow": true, "type": "c", "major": maj, "minor": min, "access": "rwm"}));
     }
     v.push(json!({"allow": true, "type": "c", "major": 136, "access": "rwm"}));
@@ -291,15 +327,21 @@ fn device_cgroup_rules(privileged: bool) -> Vec<Value> {
 /// Host devices for a privileged container (top level of /dev, char and block nodes).
 fn host_devices() -> Vec<Value> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let skip = ["console", "ptmx", "tty", "null", "zero", "full", "random", "urandom"];
+    let skip = [
+        "console", "ptmx", "tty", "null", "zero", "full", "random", "urandom",
+    ];
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/dev") else { return out };
+    let Ok(rd) = std::fs::read_dir("/dev") else {
+        return out;
+    };
     for ent in rd.flatten() {
         let name = ent.file_name().to_string_lossy().into_owned();
         if skip.contains(&name.as_str()) {
             continue;
         }
-        let Ok(meta) = std::fs::symlink_metadata(ent.path()) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(ent.path()) else {
+            continue;
+        };
         let ft = meta.file_type();
         let typ = if ft.is_char_device() {
             "c"
@@ -364,15 +406,27 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, RuntimeError> {
         a.append(&mut args);
         args = a;
     }
-    let cwd = if input.cwd.is_empty() { "/".to_string() } else { input.cwd.clone() };
+    let cwd = if input.cwd.is_empty() {
+        "/".to_string()
+    } else {
+        input.cwd.clone()
+    };
     if !cwd.starts_with('/') {
-        return Err(RuntimeError::InvalidInput(format!("working directory {cwd:?} is not absolute")));
+        return Err(RuntimeError::InvalidInput(format!(
+            "working directory {cwd:?} is not absolute"
+        )));
     }
 
-    let sys_opts: Vec<&str> =
-        if input.privileged { vec!["nosuid", "noexec", "nodev"] } else { vec!["nosuid", "noexec", "nodev", "ro"] };
-    let cg_opts: Vec<&str> =
-        if input.privileged { vec!["nosuid", "noexec", "nodev"] } else { vec!["ro", "nosuid", "noexec", "nodev"] };
+    let sys_opts: Vec<&str> = if input.privileged {
+        vec!["nosuid", "noexec", "nodev"]
+    } else {
+        vec!["nosuid", "noexec", "nodev", "ro"]
+    };
+    let cg_opts: Vec<&str> = if input.privileged {
+        vec!["nosuid", "noexec", "nodev"]
+    } else {
+        vec!["ro", "nosuid", "noexec", "nodev"]
+    };
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -393,7 +447,15 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, RuntimeError> {
         }
     }
     user_mounts.sort_by_key(|m| Path::new(&m.destination).components().count());
-    let default_dests = ["/proc", "/dev", "/dev/pts", "/sys", "/sys/fs/cgroup", "/dev/mqueue", "/dev/shm"];
+    let default_dests = [
+        "/proc",
+        "/dev",
+        "/dev/pts",
+        "/sys",
+        "/sys/fs/cgroup",
+        "/dev/mqueue",
+        "/dev/shm",
+    ];
     for m in user_mounts {
         let dest = m.destination.trim_end_matches('/');
         let dest = if dest.is_empty() { "/" } else { dest };
@@ -432,7 +494,10 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, RuntimeError> {
     }
 
     let mut resources = serde_json::Map::new();
-    resources.insert("devices".into(), Value::Array(device_cgroup_rules(input.privileged)));
+    resources.insert(
+        "devices".into(),
+        Value::Array(device_cgroup_rules(input.privileged)),
+    );
     let mut memory = serde_json::Map::new();
     if let Some(l) = input.memory_limit.filter(|l| *l > 0) {
         memory.insert("limit".into(), json!(l));
@@ -505,7 +570,8 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, RuntimeError> {
 /// Writes `<bundle_dir>/config.json` for `input` (atomically, via a temp file + rename).
 pub fn write_bundle(bundle_dir: &Path, input: &SpecInput) -> Result<(), RuntimeError> {
     let spec = build_spec(input)?;
-    std::fs::create_dir_all(bundle_dir).map_err(|e| RuntimeError::io("create bundle dir", bundle_dir, e))?;
+    std::fs::create_dir_all(bundle_dir)
+        .map_err(|e| RuntimeError::io("create bundle dir", bundle_dir, e))?;
     let data = serde_json::to_vec_pretty(&spec).map_err(|e| RuntimeError::Spec(e.to_string()))?;
     let tmp = bundle_dir.join(".config.json.tmp");
     let dst = bundle_dir.join("config.json");
@@ -538,12 +604,33 @@ mod tests {
     #[test]
     fn docker_defaults() {
         let v = to_json(&build_spec(&input()).unwrap());
-        let ns: Vec<&str> = v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        let ns: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
         for n in ["pid", "ipc", "uts", "mount", "network"] {
             assert!(ns.contains(&n), "{n} missing");
         }
-        let dests: Vec<&str> = v["mounts"].as_array().unwrap().iter().map(|m| m["destination"].as_str().unwrap()).collect();
-        assert_eq!(dests, ["/proc", "/dev", "/dev/pts", "/sys", "/sys/fs/cgroup", "/dev/mqueue", "/dev/shm"]);
+        let dests: Vec<&str> = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            dests,
+            [
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/sys",
+                "/sys/fs/cgroup",
+                "/dev/mqueue",
+                "/dev/shm"
+            ]
+        );
         let sys = &v["mounts"][3];
         assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
         let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
@@ -553,10 +640,23 @@ mod tests {
         assert!(v["process"]["capabilities"].get("inheritable").is_none());
         assert_eq!(v["process"]["noNewPrivileges"], json!(false));
         let n = default_nofile();
-        assert_eq!(v["process"]["rlimits"][0], json!({"type": "RLIMIT_NOFILE", "soft": n, "hard": n}));
-        assert!(v["process"]["env"].as_array().unwrap().iter().any(|e| e.as_str().unwrap().starts_with("PATH=")));
-        assert!(v["linux"]["maskedPaths"].as_array().unwrap().contains(&json!("/proc/kcore")));
-        assert!(v["linux"]["readonlyPaths"].as_array().unwrap().contains(&json!("/proc/sysrq-trigger")));
+        assert_eq!(
+            v["process"]["rlimits"][0],
+            json!({"type": "RLIMIT_NOFILE", "soft": n, "hard": n})
+        );
+        assert!(v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().starts_with("PATH=")));
+        assert!(v["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("/proc/kcore")));
+        assert!(v["linux"]["readonlyPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("/proc/sysrq-trigger")));
         let devs = v["linux"]["resources"]["devices"].as_array().unwrap();
         assert_eq!(devs[0]["allow"], json!(false));
         assert!(devs.iter().any(|d| d["major"] == json!(136)));
@@ -576,14 +676,32 @@ mod tests {
         i.tty = true;
         i.init_path = Some("/usr/libexec/docker-init".into());
         i.netns_path = Some("/run/shoal/netns/abc".into());
-        i.user = ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![10] };
+        i.user = ResolvedUser {
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![10],
+        };
         i.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
         i.oom_score_adj = Some(100);
         i.rlimits = vec![("nofile".into(), 1024, 2048), ("nproc".into(), 10, 20)];
         i.mounts = vec![
-            MountSpec { source: "/data/v/a".into(), destination: "/data/sub".into(), kind: MountKind::Bind { readonly: true } },
-            MountSpec { source: "/data/v/b".into(), destination: "/data".into(), kind: MountKind::Bind { readonly: false } },
-            MountSpec { source: "".into(), destination: "/run".into(), kind: MountKind::Tmpfs { options: vec!["exec".into(), "size=1m".into()] } },
+            MountSpec {
+                source: "/data/v/a".into(),
+                destination: "/data/sub".into(),
+                kind: MountKind::Bind { readonly: true },
+            },
+            MountSpec {
+                source: "/data/v/b".into(),
+                destination: "/data".into(),
+                kind: MountKind::Bind { readonly: false },
+            },
+            MountSpec {
+                source: "".into(),
+                destination: "/run".into(),
+                kind: MountKind::Tmpfs {
+                    options: vec!["exec".into(), "size=1m".into()],
+                },
+            },
         ];
         let v = to_json(&build_spec(&i).unwrap());
         let r = &v["linux"]["resources"];
@@ -595,31 +713,71 @@ mod tests {
         assert_eq!(r["pids"]["limit"], json!(20));
         assert_eq!(v["root"]["readonly"], json!(true));
         assert_eq!(v["process"]["terminal"], json!(true));
-        assert!(v["process"]["env"].as_array().unwrap().contains(&json!("TERM=xterm")));
-        assert_eq!(v["process"]["args"], json!(["/sbin/docker-init", "--", "echo", "hi"]));
-        assert_eq!(v["process"]["user"], json!({"uid": 1000, "gid": 1000, "additionalGids": [10]}));
+        assert!(v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("TERM=xterm")));
+        assert_eq!(
+            v["process"]["args"],
+            json!(["/sbin/docker-init", "--", "echo", "hi"])
+        );
+        assert_eq!(
+            v["process"]["user"],
+            json!({"uid": 1000, "gid": 1000, "additionalGids": [10]})
+        );
         assert_eq!(v["process"]["oomScoreAdj"], json!(100));
         assert_eq!(v["linux"]["sysctl"]["net.ipv4.ip_forward"], json!("1"));
         let rl = v["process"]["rlimits"].as_array().unwrap();
         assert_eq!(rl.len(), 2);
         assert!(rl.contains(&json!({"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 2048})));
-        let net = v["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "network").unwrap().clone();
+        let net = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == "network")
+            .unwrap()
+            .clone();
         assert_eq!(net["path"], json!("/run/shoal/netns/abc"));
-        let dests: Vec<&str> = v["mounts"].as_array().unwrap().iter().map(|m| m["destination"].as_str().unwrap()).collect();
+        let dests: Vec<&str> = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
         let data = dests.iter().position(|d| *d == "/data").unwrap();
         let sub = dests.iter().position(|d| *d == "/data/sub").unwrap();
         assert!(data < sub);
-        let init = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sbin/docker-init").unwrap().clone();
+        let init = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sbin/docker-init")
+            .unwrap()
+            .clone();
         assert_eq!(init["options"], json!(["bind", "ro"]));
-        let run = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/run").unwrap().clone();
-        assert_eq!(run["options"], json!(["nosuid", "nodev", "exec", "size=1m"]));
+        let run = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/run")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            run["options"],
+            json!(["nosuid", "nodev", "exec", "size=1m"])
+        );
         let sub_m = &v["mounts"][sub];
         assert_eq!(sub_m["options"], json!(["rbind", "rprivate", "ro"]));
     }
 
     #[test]
     fn capabilities_add_drop() {
-        let c = tweak_capabilities(&["sys_admin".into(), "CAP_NET_ADMIN".into()], &["cap_chown".into(), "Mknod".into()], false).unwrap();
+        let c = tweak_capabilities(
+            &["sys_admin".into(), "CAP_NET_ADMIN".into()],
+            &["cap_chown".into(), "Mknod".into()],
+            false,
+        )
+        .unwrap();
         assert!(c.contains(&"CAP_SYS_ADMIN".to_string()));
         assert!(c.contains(&"CAP_NET_ADMIN".to_string()));
         assert!(!c.contains(&"CAP_CHOWN".to_string()));
@@ -645,8 +803,14 @@ mod tests {
         i.privileged = true;
         let v = to_json(&build_spec(&i).unwrap());
         assert!(v["linux"].get("maskedPaths").is_none());
-        assert_eq!(v["linux"]["resources"]["devices"][0], json!({"allow": true, "access": "rwm"}));
-        assert!(v["process"]["capabilities"]["bounding"].as_array().unwrap().contains(&json!("CAP_SYS_ADMIN")));
+        assert_eq!(
+            v["linux"]["resources"]["devices"][0],
+            json!({"allow": true, "access": "rwm"})
+        );
+        assert!(v["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("CAP_SYS_ADMIN")));
         let mut i = input();
         i.args.clear();
         assert!(build_spec(&i).is_err());

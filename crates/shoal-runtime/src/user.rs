@@ -37,13 +37,17 @@ fn read_db(rootfs: &Path, path: &str) -> Result<Option<String>, RuntimeError> {
     match open_in_root(rootfs, path, 0) {
         Ok(f) => {
             let mut buf = Vec::new();
-            f.take(MAX_DB_SIZE)
-                .read_to_end(&mut buf)
-                .map_err(|e| RuntimeError::io("read", rootfs.join(path.trim_start_matches('/')), e))?;
+            f.take(MAX_DB_SIZE).read_to_end(&mut buf).map_err(|e| {
+                RuntimeError::io("read", rootfs.join(path.trim_start_matches('/')), e)
+            })?;
             Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(RuntimeError::io("open", rootfs.join(path.trim_start_matches('/')), e)),
+        Err(e) => Err(RuntimeError::io(
+            "open",
+            rootfs.join(path.trim_start_matches('/')),
+            e,
+        )),
     }
 }
 
@@ -77,7 +81,12 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
                 gid: f[2].trim().parse().ok()?,
                 members: f
                     .get(3)
-                    .map(|m| m.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                    .map(|m| {
+                        m.split(',')
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })
         })
@@ -90,7 +99,9 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, RuntimeEr
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd = read_db(rootfs, "/etc/passwd")?.map(|t| parse_passwd(&t)).unwrap_or_default();
+    let passwd = read_db(rootfs, "/etc/passwd")?
+        .map(|t| parse_passwd(&t))
+        .unwrap_or_default();
 
     // Defaults: root.
     let mut uid = 0u32;
@@ -123,7 +134,9 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, RuntimeEr
         }
     }
 
-    let groups = read_db(rootfs, "/etc/group")?.map(|t| parse_group(&t)).unwrap_or_default();
+    let groups = read_db(rootfs, "/etc/group")?
+        .map(|t| parse_group(&t))
+        .unwrap_or_default();
     let mut additional_gids = Vec::new();
     match group_part {
         Some(g) if !g.is_empty() => {
@@ -142,7 +155,10 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, RuntimeEr
         }
         _ => {
             if let Some(name) = &matched_name {
-                for g in groups.iter().filter(|g| g.members.iter().any(|m| m == name)) {
+                for g in groups
+                    .iter()
+                    .filter(|g| g.members.iter().any(|m| m == name))
+                {
                     if !additional_gids.contains(&g.gid) {
                         additional_gids.push(g.gid);
                     }
@@ -150,7 +166,11 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, RuntimeEr
             }
         }
     }
-    Ok(ResolvedUser { uid, gid, additional_gids })
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+    })
 }
 
 #[cfg(test)]
@@ -161,7 +181,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "shoal-user-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
         ));
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         std::fs::write(
@@ -180,30 +203,73 @@ mod tests {
     #[test]
     fn resolves_docker_user_forms() {
         let r = rootfs();
-        assert_eq!(resolve_user(&r, "").unwrap(), ResolvedUser { uid: 0, gid: 0, additional_gids: vec![10] });
+        assert_eq!(
+            resolve_user(&r, "").unwrap(),
+            ResolvedUser {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![10]
+            }
+        );
         assert_eq!(
             resolve_user(&r, "alice").unwrap(),
-            ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![10, 29] }
+            ResolvedUser {
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![10, 29]
+            }
         );
         assert_eq!(
             resolve_user(&r, "1000").unwrap(),
-            ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![10, 29] }
+            ResolvedUser {
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![10, 29]
+            }
         );
         // Unknown numeric uid: allowed, gid 0.
-        assert_eq!(resolve_user(&r, "4242").unwrap(), ResolvedUser { uid: 4242, gid: 0, additional_gids: vec![] });
+        assert_eq!(
+            resolve_user(&r, "4242").unwrap(),
+            ResolvedUser {
+                uid: 4242,
+                gid: 0,
+                additional_gids: vec![]
+            }
+        );
         assert_eq!(
             resolve_user(&r, "alice:audio").unwrap(),
-            ResolvedUser { uid: 1000, gid: 29, additional_gids: vec![] }
+            ResolvedUser {
+                uid: 1000,
+                gid: 29,
+                additional_gids: vec![]
+            }
         );
-        assert_eq!(resolve_user(&r, "7:8").unwrap(), ResolvedUser { uid: 7, gid: 8, additional_gids: vec![] });
+        assert_eq!(
+            resolve_user(&r, "7:8").unwrap(),
+            ResolvedUser {
+                uid: 7,
+                gid: 8,
+                additional_gids: vec![]
+            }
+        );
         assert_eq!(
             resolve_user(&r, "nobody:nogroup").unwrap(),
-            ResolvedUser { uid: 65534, gid: 65534, additional_gids: vec![] }
+            ResolvedUser {
+                uid: 65534,
+                gid: 65534,
+                additional_gids: vec![]
+            }
         );
         let err = resolve_user(&r, "bob").unwrap_err().to_string();
-        assert_eq!(err, "unable to find user bob: no matching entries in passwd file");
+        assert_eq!(
+            err,
+            "unable to find user bob: no matching entries in passwd file"
+        );
         let err = resolve_user(&r, "alice:nosuch").unwrap_err().to_string();
-        assert_eq!(err, "unable to find group nosuch: no matching entries in group file");
+        assert_eq!(
+            err,
+            "unable to find group nosuch: no matching entries in group file"
+        );
         let _ = std::fs::remove_dir_all(&r);
     }
 
@@ -212,7 +278,11 @@ mod tests {
         let r = rootfs();
         std::fs::remove_file(r.join("etc/passwd")).unwrap();
         // Points at the host passwd; must be resolved inside the rootfs (where it does not exist).
-        std::os::unix::fs::symlink("/../../../../../etc/shadow-does-not-exist", r.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(
+            "/../../../../../etc/shadow-does-not-exist",
+            r.join("etc/passwd"),
+        )
+        .unwrap();
         assert_eq!(resolve_user(&r, "").unwrap().uid, 0);
         assert!(resolve_user(&r, "root").is_err());
         // Missing passwd entirely: numeric works, names fail.

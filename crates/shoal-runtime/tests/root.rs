@@ -36,25 +36,47 @@ struct Fixture {
 impl Fixture {
     fn new(tag: &str) -> Fixture {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = PathBuf::from(format!("/tmp/shoal-rt-{}-{}-{}", tag, std::process::id(), n));
+        let dir = PathBuf::from(format!(
+            "/tmp/shoal-rt-{}-{}-{}",
+            tag,
+            std::process::id(),
+            n
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         let rootfs = dir.join("rootfs");
         for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
-        let bb = if Path::new("/bin/busybox").exists() { "/bin/busybox" } else { "/usr/bin/busybox" };
+        let bb = if Path::new("/bin/busybox").exists() {
+            "/bin/busybox"
+        } else {
+            "/usr/bin/busybox"
+        };
         std::fs::copy(bb, rootfs.join("bin/busybox")).unwrap();
-        let list = std::process::Command::new(bb).arg("--list").output().unwrap();
+        let list = std::process::Command::new(bb)
+            .arg("--list")
+            .output()
+            .unwrap();
         for applet in String::from_utf8_lossy(&list.stdout).lines() {
             if applet != "busybox" {
                 let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
             }
         }
-        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+        )
+        .unwrap();
         std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
         let exec_root = dir.join("run");
         std::fs::create_dir_all(exec_root.join("runtime")).unwrap();
-        Fixture { dir, rootfs, exec_root, cg_parent: format!("shoal-test-{}-{}", std::process::id(), n), ids: Vec::new() }
+        Fixture {
+            dir,
+            rootfs,
+            exec_root,
+            cg_parent: format!("shoal-test-{}-{}", std::process::id(), n),
+            ids: Vec::new(),
+        }
     }
 
     fn runtime_root(&self) -> PathBuf {
@@ -94,7 +116,13 @@ impl Fixture {
         }
     }
 
-    fn run(&mut self, id: &str, input: &SpecInput, tty: bool, open_stdin: bool) -> Result<ShimStarted, RuntimeError> {
+    fn run(
+        &mut self,
+        id: &str,
+        input: &SpecInput,
+        tty: bool,
+        open_stdin: bool,
+    ) -> Result<ShimStarted, RuntimeError> {
         let args = self.shim_args(id, tty, open_stdin);
         write_bundle(&args.bundle, input).unwrap();
         spawn_shim(Path::new(EXE), &args)
@@ -111,7 +139,10 @@ impl Fixture {
                 }
                 return e;
             }
-            assert!(Instant::now() < deadline, "container {id} did not exit in time");
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit in time"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -119,11 +150,20 @@ impl Fixture {
     fn cgroup_file(&self, id: &str, v1_ctrl: &str, v1_file: &str, v2_file: &str) -> String {
         let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
         let p = if v2 {
-            PathBuf::from(format!("/sys/fs/cgroup/{}/{}/{}", self.cg_parent, id, v2_file))
+            PathBuf::from(format!(
+                "/sys/fs/cgroup/{}/{}/{}",
+                self.cg_parent, id, v2_file
+            ))
         } else {
-            PathBuf::from(format!("/sys/fs/cgroup/{}/{}/{}/{}", v1_ctrl, self.cg_parent, id, v1_file))
+            PathBuf::from(format!(
+                "/sys/fs/cgroup/{}/{}/{}/{}",
+                v1_ctrl, self.cg_parent, id, v1_file
+            ))
         };
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())).trim().to_string()
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+            .trim()
+            .to_string()
     }
 }
 
@@ -135,12 +175,18 @@ impl Drop for Fixture {
         for id in &self.ids {
             let sd = self.shim_dir(id);
             if let Some((shim, init)) = shim_alive(&sd, id) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(init),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 let until = Instant::now() + Duration::from_secs(5);
                 while shim_alive(&sd, id).is_some() && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(shim),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             cleanup_stale(&self.runtime_root(), id);
         }
@@ -168,12 +214,20 @@ impl Drop for Fixture {
 
 fn log_lines(path: &Path) -> Vec<serde_json::Value> {
     let data = std::fs::read(path).unwrap_or_default();
-    data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect()
+    data.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
 }
 
 /// Reads stdcopy frames until `pred` holds on the collected payload or the timeout elapses.
-fn read_frames_until(s: &mut std::os::unix::net::UnixStream, timeout: Duration, pred: impl Fn(&[u8]) -> bool) -> (Vec<u8>, Vec<u8>) {
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+fn read_frames_until(
+    s: &mut std::os::unix::net::UnixStream,
+    timeout: Duration,
+    pred: impl Fn(&[u8]) -> bool,
+) -> (Vec<u8>, Vec<u8>) {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let deadline = Instant::now() + timeout;
     let mut raw = Vec::new();
     let mut payload = Vec::new();
@@ -224,8 +278,18 @@ fn echo_hi_logs_and_exit_zero() {
     let exit = f.wait_exit("echo2", Duration::from_secs(20));
     assert_eq!(exit.exit_code, 7);
     let lines = log_lines(&f.log_path("echo2"));
-    assert!(lines.iter().any(|l| l["log"] == "oops\n" && l["stream"] == "stderr"), "{lines:?}");
-    assert!(lines.iter().any(|l| l["log"] == "tail" && l["stream"] == "stdout"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["log"] == "oops\n" && l["stream"] == "stderr"),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["log"] == "tail" && l["stream"] == "stdout"),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -254,23 +318,44 @@ fn attach_and_kill() {
         return;
     }
     let mut f = Fixture::new("attach");
-    let input = f.input("tick", &["sh", "-c", "trap 'exit 143' TERM; while true; do echo tick; sleep 0.1; done"]);
+    let input = f.input(
+        "tick",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; while true; do echo tick; sleep 0.1; done",
+        ],
+    );
     let started = f.run("tick", &input, false, false).expect("start");
     let (shim, init) = shim_alive(&f.shim_dir("tick"), "tick").expect("shim alive");
     assert_eq!((shim, init), (started.shim_pid, started.init_pid));
     let status = std::fs::read_to_string(format!("/proc/{shim}/status")).unwrap();
-    let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("?").to_string();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .unwrap_or("?")
+        .to_string();
     eprintln!("SHIM RSS while container runs: {rss}");
     // The shim is not our child and has its own session.
     let stat = std::fs::read_to_string(format!("/proc/{shim}/stat")).unwrap();
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = after.split(' ').collect();
     assert_ne!(fields[1].parse::<u32>().unwrap(), std::process::id());
-    assert_eq!(fields[3].parse::<i32>().unwrap(), shim, "shim is a session leader");
+    assert_eq!(
+        fields[3].parse::<i32>().unwrap(),
+        shim,
+        "shim is a session leader"
+    );
 
     let mut s = attach(&f.shim_dir("tick"), false, true, true).unwrap();
-    let (payload, streams) = read_frames_until(&mut s, Duration::from_secs(10), |p| p.windows(4).filter(|w| w == b"tick").count() >= 2);
-    assert!(payload.starts_with(b"tick\n"), "{:?}", String::from_utf8_lossy(&payload));
+    let (payload, streams) = read_frames_until(&mut s, Duration::from_secs(10), |p| {
+        p.windows(4).filter(|w| w == b"tick").count() >= 2
+    });
+    assert!(
+        payload.starts_with(b"tick\n"),
+        "{:?}",
+        String::from_utf8_lossy(&payload)
+    );
     assert!(streams.iter().all(|s| *s == 1));
 
     // pidfd on the shim becomes readable when it exits.
@@ -278,7 +363,11 @@ fn attach_and_kill() {
     control(&f.shim_dir("tick"), &ControlRequest::Kill(15)).unwrap();
     let exit = f.wait_exit("tick", Duration::from_secs(20));
     assert_eq!(exit.exit_code, 143);
-    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: single valid pollfd.
     let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
     assert_eq!(n, 1, "shim pidfd readable after exit");
@@ -313,7 +402,9 @@ fn stdin_and_tty_container() {
     let mut s = attach(&f.shim_dir("cat1"), true, true, true).unwrap();
     s.write_all(b"hello stdin\n").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
-    let (payload, _) = read_frames_until(&mut s, Duration::from_secs(10), |p| p.ends_with(b"hello stdin\n"));
+    let (payload, _) = read_frames_until(&mut s, Duration::from_secs(10), |p| {
+        p.ends_with(b"hello stdin\n")
+    });
     assert_eq!(payload, b"hello stdin\n");
     let exit = f.wait_exit("cat1", Duration::from_secs(20));
     assert_eq!(exit.exit_code, 0);
@@ -322,11 +413,21 @@ fn stdin_and_tty_container() {
     let mut input = f.input("tty1", &["sh", "-c", "sleep 0.5; stty size; echo done"]);
     input.tty = true;
     f.run("tty1", &input, true, false).expect("start tty");
-    control(&f.shim_dir("tty1"), &ControlRequest::Resize(ResizeRequest { height: 33, width: 77 })).unwrap();
+    control(
+        &f.shim_dir("tty1"),
+        &ControlRequest::Resize(ResizeRequest {
+            height: 33,
+            width: 77,
+        }),
+    )
+    .unwrap();
     let exit = f.wait_exit("tty1", Duration::from_secs(20));
     assert_eq!(exit.exit_code, 0);
     let lines = log_lines(&f.log_path("tty1"));
-    let text: String = lines.iter().map(|l| l["log"].as_str().unwrap().to_string()).collect();
+    let text: String = lines
+        .iter()
+        .map(|l| l["log"].as_str().unwrap().to_string())
+        .collect();
     assert!(text.contains("33 77"), "{text:?}");
     assert!(text.contains("done\r\n"), "{text:?}");
 }
@@ -341,20 +442,53 @@ fn exec_in_container() {
     f.run("ex", &input, false, false).expect("start");
 
     let pj = f.dir.join("exec1.json");
-    write_exec_process(&pj, &ExecProcessInput { args: vec!["sh".into(), "-c".into(), "echo $((1+2)); exit 3".into()], ..Default::default() }).unwrap();
-    let args = ExecHelperArgs { id: "ex".into(), runtime_root: f.runtime_root(), process_json: pj, tty: false };
+    write_exec_process(
+        &pj,
+        &ExecProcessInput {
+            args: vec!["sh".into(), "-c".into(), "echo $((1+2)); exit 3".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let args = ExecHelperArgs {
+        id: "ex".into(),
+        runtime_root: f.runtime_root(),
+        process_json: pj,
+        tty: false,
+    };
     let t = Instant::now();
     let ec = spawn_exec(Path::new(EXE), &args).unwrap();
     let out = ec.child.wait_with_output().unwrap();
     eprintln!("TIMING exec round trip: {:?}", t.elapsed());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "3\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(3));
 
     // Missing executable.
     let pj = f.dir.join("exec2.json");
-    write_exec_process(&pj, &ExecProcessInput { args: vec!["nope".into()], ..Default::default() }).unwrap();
-    let args = ExecHelperArgs { id: "ex".into(), runtime_root: f.runtime_root(), process_json: pj, tty: false };
-    let out = spawn_exec(Path::new(EXE), &args).unwrap().child.wait_with_output().unwrap();
+    write_exec_process(
+        &pj,
+        &ExecProcessInput {
+            args: vec!["nope".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let args = ExecHelperArgs {
+        id: "ex".into(),
+        runtime_root: f.runtime_root(),
+        process_json: pj,
+        tty: false,
+    };
+    let out = spawn_exec(Path::new(EXE), &args)
+        .unwrap()
+        .child
+        .wait_with_output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(127));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -364,13 +498,38 @@ fn exec_in_container() {
 
     // Tty exec: the pty master comes back to us.
     let pj = f.dir.join("exec3.json");
-    write_exec_process(&pj, &ExecProcessInput { args: vec!["sh".into(), "-c".into(), "sleep 0.3; tty; stty size; exit 5".into()], tty: true, ..Default::default() }).unwrap();
-    let args = ExecHelperArgs { id: "ex".into(), runtime_root: f.runtime_root(), process_json: pj, tty: true };
+    write_exec_process(
+        &pj,
+        &ExecProcessInput {
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "sleep 0.3; tty; stty size; exit 5".into(),
+            ],
+            tty: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let args = ExecHelperArgs {
+        id: "ex".into(),
+        runtime_root: f.runtime_root(),
+        process_json: pj,
+        tty: true,
+    };
     let mut ec = spawn_exec(Path::new(EXE), &args).unwrap();
     let master = ec.pty_master.take().expect("pty master");
-    let ws = libc::winsize { ws_row: 21, ws_col: 99, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: 21,
+        ws_col: 99,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ with a valid winsize pointer on our pty master.
-    assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
     let mut mf = std::fs::File::from(master);
     let mut out = Vec::new();
     let mut buf = [0u8; 1024];
@@ -397,17 +556,26 @@ fn missing_executable_reported_at_start() {
     let err = f.run("miss", &input, false, false).unwrap_err();
     match &err {
         RuntimeError::Exec { message, exit_code } => {
-            assert_eq!(message, "exec: \"nosuchcmd\": executable file not found in $PATH");
+            assert_eq!(
+                message,
+                "exec: \"nosuchcmd\": executable file not found in $PATH"
+            );
             assert_eq!(*exit_code, 127);
         }
         other => panic!("unexpected error {other:?}"),
     }
     let input = f.input("miss2", &["/bin/nothere"]);
     let err = f.run("miss2", &input, false, false).unwrap_err();
-    assert!(matches!(err, RuntimeError::Exec { exit_code: 127, .. }), "{err}");
+    assert!(
+        matches!(err, RuntimeError::Exec { exit_code: 127, .. }),
+        "{err}"
+    );
     let input = f.input("miss3", &["/etc/passwd"]);
     let err = f.run("miss3", &input, false, false).unwrap_err();
-    assert!(matches!(err, RuntimeError::Exec { exit_code: 126, .. }), "{err}");
+    assert!(
+        matches!(err, RuntimeError::Exec { exit_code: 126, .. }),
+        "{err}"
+    );
     assert!(!f.runtime_root().join("miss").exists());
 }
 
@@ -423,14 +591,21 @@ fn cgroup_limits_applied() {
     input.nano_cpus = Some(500_000_000);
     f.run("lim", &input, false, false).expect("start");
     assert_eq!(f.cgroup_file("lim", "pids", "pids.max", "pids.max"), "20");
-    assert_eq!(f.cgroup_file("lim", "memory", "memory.limit_in_bytes", "memory.max"), (64u64 << 20).to_string());
-    let quota = f.cgroup_file("lim", "cpu,cpuacct", "cpu.cfs_quota_us", "cpu.max");
+    assert_eq!(
+        f.cgroup_file("lim", "memory", "memory.limit_in_bytes", "memory.max"),
+        (64u64 << 20).to_string()
+    );
+    let quota = f.cgroup_file("lim", "cpu", "cpu.cfs_quota_us", "cpu.max");
     assert!(quota.starts_with("50000"), "{quota}");
     control(&f.shim_dir("lim"), &ControlRequest::Kill(9)).unwrap();
     f.wait_exit("lim", Duration::from_secs(20));
     // The cgroup is gone after exit.
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let p = if v2 { format!("/sys/fs/cgroup/{}/lim", f.cg_parent) } else { format!("/sys/fs/cgroup/pids/{}/lim", f.cg_parent) };
+    let p = if v2 {
+        format!("/sys/fs/cgroup/{}/lim", f.cg_parent)
+    } else {
+        format!("/sys/fs/cgroup/pids/{}/lim", f.cg_parent)
+    };
     assert!(!Path::new(&p).exists(), "{p} still exists");
 }
 
@@ -440,7 +615,14 @@ fn shim_survives_its_spawner() {
         return;
     }
     let mut f = Fixture::new("survive");
-    let input = f.input("surv", &["sh", "-c", "trap 'exit 143' TERM; while true; do sleep 0.1; done"]);
+    let input = f.input(
+        "surv",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; while true; do sleep 0.1; done",
+        ],
+    );
     let mut args = f.shim_args("surv", false, false);
     args.start_gated = true;
     write_bundle(&args.bundle, &input).unwrap();
@@ -452,11 +634,22 @@ fn shim_survives_its_spawner() {
         cmd.push_str(&format!(" '{a}'"));
     }
     cmd.push_str(" >/dev/null 2>&1");
-    let out = std::process::Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
-    let line = String::from_utf8_lossy(&out.stdout);
-    let rep: serde_json::Value = serde_json::from_str(line.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    // Read only the ready line: in gated mode the not-yet-started init still holds the pipe.
+    let mut sh = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(sh.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(sh.wait().unwrap().success());
+    let rep: serde_json::Value = serde_json::from_str(line.lines().next().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{line:?}: {e}"));
     assert_eq!(rep["ok"], true, "{rep}");
-    let (shim, _init) = shim_alive(&f.shim_dir("surv"), "surv").expect("shim alive after spawner exited");
+    let (shim, _init) =
+        shim_alive(&f.shim_dir("surv"), "surv").expect("shim alive after spawner exited");
     assert_eq!(shim as i64, rep["shim_pid"].as_i64().unwrap());
     // Gated start: attach first, then start.
     control(&f.shim_dir("surv"), &ControlRequest::Start(true)).unwrap();
