@@ -415,7 +415,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(io);
-    let input = tokio::spawn(async move {
+    let mut input = tokio::spawn(async move {
+        let mut stdin = stdin;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match reader.read(&mut buf).await {
@@ -423,7 +424,8 @@ where
                 Ok(n) => {
                     if let Some(tx) = &stdin {
                         if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                            break;
+                            // The process is gone; keep draining so the client never sees a reset.
+                            stdin = None;
                         }
                     }
                 }
@@ -439,8 +441,12 @@ where
         }
         let _ = writer.flush().await;
     }
+    // Half-close, then drain what the client still sends: closing a unix socket with unread
+    // bytes makes the client's read fail with ECONNRESET instead of a clean EOF.
     let _ = writer.shutdown().await;
-    input.abort();
+    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut input).await.is_err() {
+        input.abort();
+    }
 }
 
 pub async fn logs(state: &ApiState, req: Request<Incoming>, id: &str) -> ApiResult {

@@ -213,6 +213,12 @@ fn limits_are_enforced_by_cgroups() {
         assert_eq!(read("pids", "pids.max"), "20");
         assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
     }
+    // A graceful daemon restart (SIGTERM) leaves the container, and its limits, in place.
+    let mut d = d;
+    d.restart();
+    assert_eq!(d.docker_ok(["inspect", "-f", "{{.State.Status}}", &id]).trim(), "running");
+    assert_eq!(read("pids", "pids.max"), "20");
+    assert_eq!(d.docker_ok(["exec", &id, "echo", "still-here"]), "still-here\n");
     // The pids limit bites: forking past it fails inside the container.
     let out = d.docker(["exec", &id, "sh", "-c", "for i in $(seq 1 40); do sleep 30 </dev/null >/dev/null 2>&1 & done; echo spawned"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("can't fork") || !out.status.success(), "pids limit not enforced");
@@ -366,7 +372,7 @@ fn interactive_exec_and_run_with_a_tty() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/"), "tty exec output: {text}");
-    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(out.status.code(), Some(5), "tty exec output: {text}");
     let cmd = format!("docker -H {} run --rm -t busybox sh -c 'tty'", d.host());
     let out = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
@@ -380,4 +386,27 @@ fn interactive_exec_and_run_with_a_tty() {
     let follow = d.docker_ok(["logs", "-f", "ticker"]);
     assert_eq!(follow, "tick1\ntick2\ntick3\n");
     d.docker_ok(["rm", "-f", "tt", "ticker"]);
+}
+
+#[test]
+fn tcp_listener_detached_exec_and_udp_ports() {
+    if !root() {
+        return;
+    }
+    ensure_packages(&["busybox-static", "nftables", "iproute2"]);
+    let netns = Netns::new("shoal-tcp");
+    let d = Daemon::start(DaemonOpts::new(env!("CARGO_BIN_EXE_shoal"), &netns).arg("-H").arg("tcp://127.0.0.1:2375"));
+    load(&d, &TestImage::busybox().docker_archive());
+    let out = netns
+        .command("/usr/local/bin/docker")
+        .args(["-H", "tcp://127.0.0.1:2375", "version", "--format", "{{.Server.APIVersion}}"])
+        .env("DOCKER_CONFIG", d.dir().join("docker-config"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1.50", "{}", String::from_utf8_lossy(&out.stderr));
+    d.docker_ok(["run", "-d", "--name", "udp", "-p", "5353:53/udp", "busybox", "sleep", "1000"]);
+    assert_eq!(d.docker_ok(["port", "udp"]).trim(), "53/udp -> 0.0.0.0:5353");
+    d.docker_ok(["exec", "-d", "udp", "sh", "-c", "echo detached > /tmp/x"]);
+    assert!(wait_until(Duration::from_secs(5), || d.docker(["exec", "udp", "cat", "/tmp/x"]).stdout == b"detached\n"));
+    d.docker_ok(["rm", "-f", "udp"]);
 }
