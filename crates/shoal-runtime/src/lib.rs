@@ -18,6 +18,7 @@ pub mod logfile;
 pub mod safepath;
 pub mod shim;
 pub mod spec;
+mod trim;
 pub mod user;
 
 pub use client::{

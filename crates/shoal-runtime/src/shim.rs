@@ -701,6 +701,7 @@ fn setup(args: &ShimArgs) -> Result<Shim, RuntimeError> {
     }
 
     Ok(Shim {
+        trim_at: started.then(|| Instant::now() + TRIM_DELAY),
         args: args.clone(),
         init_pid,
         pidfd: Some(pidfd),
@@ -740,6 +741,8 @@ struct ControlConn {
 }
 
 struct Shim {
+    /// When to give back start-up memory: once the loop has been idle for a moment after start.
+    trim_at: Option<Instant>,
     args: ShimArgs,
     init_pid: i32,
     pidfd: Option<OwnedFd>,
@@ -779,6 +782,9 @@ struct AttachHeader {
     #[serde(default)]
     stderr: bool,
 }
+
+/// How long the loop waits after start before trimming (lets start-up traffic settle).
+const TRIM_DELAY: Duration = Duration::from_secs(1);
 
 impl Shim {
     fn event_loop(&mut self) {
@@ -854,7 +860,13 @@ impl Shim {
                     add(c.sock.as_raw_fd(), libc::POLLIN, Slot::Control(i), &mut fds);
                 }
             }
-            let timeout_ms = if self.exit.is_some() { 100 } else { 2000 };
+            let timeout_ms = if self.exit.is_some() {
+                100
+            } else if let Some(at) = self.trim_at {
+                at.saturating_duration_since(Instant::now()).as_millis().clamp(1, 2000) as i32
+            } else {
+                2000
+            };
             // SAFETY: `fds` is a valid, initialised array of pollfd whose length we pass.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
             if n < 0 {
@@ -864,6 +876,10 @@ impl Shim {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 continue;
+            }
+            if n == 0 && self.exit.is_none() && self.trim_at.is_some_and(|at| Instant::now() >= at) {
+                self.trim_at = None;
+                crate::trim::release_startup_memory();
             }
             for (pfd, slot) in fds.iter().zip(slots.iter()) {
                 if pfd.revents == 0 {
@@ -1212,6 +1228,7 @@ impl Shim {
                     format!("start container {}: {}", self.args.id, error_chain(&e))
                 })?;
                 self.started = true;
+                self.trim_at = Some(Instant::now() + TRIM_DELAY);
                 Ok(())
             }
         }
