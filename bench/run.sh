@@ -57,7 +57,8 @@ if [ ! -f "$IMGDIR/busybox/docker-archive.tar" ] || [ ! -f "$IMGDIR/nginx/docker
 fi
 
 # ---------------------------------------------------------------- workspace + cleanup
-W=$(mktemp -d /tmp/shoal-bench.XXXXXX)
+# Keep $W short: shoal puts unix sockets at <exec-root>/shim/<64-hex id>/attach.sock (108-byte limit).
+W=$(mktemp -d /tmp/sb.XXXXXX)
 chmod 755 "$W"
 mkdir -p "$W/res"
 ID=$(basename "$W" | tr -dc 'A-Za-z0-9' | tail -c 6)
@@ -185,14 +186,14 @@ bench_engine() {
   $HELPER mem "$E" "$W" $(daemon_pids "$E") >"$W/res/$E-idle.json"
 
   log "[$E] a. docker run --rm busybox true ($WARMUP warm-ups, $RUNS runs)"
-  hyperfine -N --style basic --warmup "$WARMUP" --runs "$RUNS" --export-json "$W/res/$E-run.json" \
+  timeout $((RUNS * 30 + 120)) hyperfine -N --style basic --warmup "$WARMUP" --runs "$RUNS" --export-json "$W/res/$E-run.json" \
     "$CLI -H unix://$W/$E.sock run --rm busybox true" >&2 || engine_fail "hyperfine run failed"
 
   log "[$E] c. per-container memory ($NCONT x busybox sleep 3600)"
   sleep 2
   $HELPER mem "$E" "$W" $(daemon_pids "$E") >"$W/res/$E-mem-before.json"
   local i ok=1
-  for ((i = 0; i < NCONT; i++)); do dk "$E" run -d busybox sleep 3600 >/dev/null || ok=; done
+  for ((i = 0; i < NCONT; i++)); do timeout 60 $CLI -H "unix://$W/$E.sock" run -d busybox sleep 3600 >/dev/null || ok=; done
   [ -n "$ok" ] || engine_fail "starting sleep containers failed"
   sleep 3
   $HELPER mem "$E" "$W" $(daemon_pids "$E") >"$W/res/$E-mem-after.json"
@@ -200,7 +201,7 @@ bench_engine() {
 
   log "[$E] d. HTTP published vs direct"
   local cid ip
-  if cid=$(dk "$E" run -d -p 8080:80 nginx); then
+  if cid=$(timeout 60 $CLI -H "unix://$W/$E.sock" run -d -p 8080:80 nginx); then
     ip=$(dk "$E" inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$cid")
     [ -n "$ip" ] || ip=$(dk "$E" inspect -f '{{.NetworkSettings.IPAddress}}' "$cid")
     echo "container IP $ip" >&2
