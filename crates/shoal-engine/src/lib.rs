@@ -40,6 +40,12 @@ pub use shoal_image::ImageStore;
 
 use rootfs::ContainerDirs;
 
+const SHIM_DIR_ID_LEN: usize = 24;
+
+/// The longest `--exec-root` whose shim sockets (`<exec-root>/shim/<24 hex>/console.sock`) still
+/// fit a unix socket path (107 bytes plus the terminating NUL).
+pub const MAX_EXEC_ROOT_LEN: usize = 107 - "/shim/".len() - SHIM_DIR_ID_LEN - "/console.sock".len();
+
 /// How the engine is set up on this node.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -171,8 +177,10 @@ impl Engine {
         ContainerDirs::new(&self.inner.containers_root, id)
     }
 
+    /// The shim's directory. Named by a 24-hex-digit ID prefix (96 bits, unique in practice) so
+    /// the sockets inside stay under the 108-byte unix socket path limit.
     pub(crate) fn shim_dir(&self, id: &str) -> PathBuf {
-        self.inner.cfg.exec_root.join("shim").join(id)
+        self.inner.cfg.exec_root.join("shim").join(&id[..SHIM_DIR_ID_LEN.min(id.len())])
     }
 
     pub(crate) fn bundle_dir(&self, id: &str) -> PathBuf {

@@ -249,7 +249,15 @@ impl Engine {
             }
             rec.state.manually_stopped = false;
         }
-        self.start_locked(&c).await
+        let result = self.start_locked(&c).await;
+        drop(_op);
+        if result.is_err() && c.lock().config.host.auto_remove {
+            // `docker run --rm` waits for the removal after a failed start, as with dockerd.
+            if let Err(e) = self.remove_container(&c, true).await {
+                warn!(error = %e, "removing a container whose start failed");
+            }
+        }
+        result
     }
 
     /// Starts a container whose operation lock is held by the caller.

@@ -154,6 +154,14 @@ fn run_daemon(args: DaemonArgs) -> Result<()> {
     std::fs::create_dir_all(&args.exec_root).with_context(|| format!("creating {}", args.exec_root.display()))?;
     let data_root = std::fs::canonicalize(&args.data_root)?;
     let exec_root = std::fs::canonicalize(&args.exec_root)?;
+    let exec_root_len = exec_root.as_os_str().len();
+    if exec_root_len > shoal_engine::MAX_EXEC_ROOT_LEN {
+        bail!(
+            "--exec-root {} is too long ({exec_root_len} bytes, at most {}): container sockets under it would exceed the unix socket path limit",
+            exec_root.display(),
+            shoal_engine::MAX_EXEC_ROOT_LEN
+        );
+    }
 
     let mut bridge = shoal_net::BridgeConfig::with_exec_root(&exec_root);
     bridge.bridge = args.bridge.clone();

@@ -167,6 +167,22 @@ fn run_rm_prints_and_cleans_up() {
 }
 
 #[test]
+fn daemon_refuses_an_exec_root_too_long_for_socket_paths() {
+    if !root() {
+        return;
+    }
+    let long = format!("/tmp/shoal-long-exec-root-{}-{}", std::process::id(), "x".repeat(48));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["daemon", "-H", "unix:///tmp/shoal-never.sock", "--data-root", &format!("{long}-data"), "--exec-root", &long])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&long);
+    let _ = std::fs::remove_dir_all(format!("{long}-data"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is too long"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn daemon_refuses_to_run_without_root() {
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_shoal"), "daemon", "--data-root", "/tmp/shoal-nonroot-never-created"])
@@ -310,6 +326,10 @@ fn bad_inputs_get_docker_errors() {
     let out = d.docker(["run", "--name", "nocmd", "busybox", "nosuchcmd"]);
     assert_eq!(out.status.code(), Some(127), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found"));
+    // A failed start of an --rm container removes it, so the CLI's wait for removal returns.
+    let out = d.docker(["run", "--rm", "--name", "gone", "busybox", "nosuchcmd"]);
+    assert_eq!(out.status.code(), Some(127), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(d.docker(["inspect", "gone"]).status.code() == Some(1), "the --rm container is removed");
     d.docker_ok(["run", "-d", "--name", "busy", "busybox", "sleep", "1000"]);
     fails_with(&d, &["run", "-d", "--name", "busy", "busybox", "true"], "is already in use");
     fails_with(&d, &["rm", "busy"], "container is running");

@@ -1,0 +1,309 @@
+//! One task controller per assigned task: drives the task through the state machine
+//! ([`crate::state`]) with engine calls and reports each observed state.
+
+use chrono::Utc;
+use shoal_engine::{ContainerRecord, Engine, EngineError, Status, WaitCondition};
+use shoal_types::{ContainerStatus, Task, TaskState, TaskStatus};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::reporter::Reporter;
+use crate::spec::{self, TemplateContext, LABEL_TASK_ID};
+use crate::state::{exit_state, failure_state, may_report, next_step, Step};
+
+/// The containers of the engine that belong to `task_id`, newest first.
+pub(crate) fn task_containers(engine: &Engine, task_id: &str) -> Vec<ContainerRecord> {
+    engine
+        .list()
+        .into_iter()
+        .filter(|c| c.config.labels.get(LABEL_TASK_ID).map(String::as_str) == Some(task_id))
+        .collect()
+}
+
+fn is_running(rec: &ContainerRecord) -> bool {
+    matches!(rec.state.status, Status::Running | Status::Restarting)
+}
+
+pub(crate) struct Controller {
+    engine: Engine,
+    reporter: Reporter,
+    ctx: TemplateContext,
+    task: Task,
+    /// The latest observed status: what we reported, or the stored one if that is further.
+    status: TaskStatus,
+    /// The container's ID once known.
+    container: Option<String>,
+    /// The container was removed (desired REMOVE): never create it again.
+    removed: bool,
+}
+
+impl Controller {
+    pub(crate) fn new(engine: Engine, reporter: Reporter, ctx: TemplateContext, task: Task) -> Controller {
+        let status = task.status.clone();
+        Controller { engine, reporter, ctx, task, status, container: None, removed: false }
+    }
+
+    /// Runs until the task is no longer assigned here (`None` in `rx`) and its container is gone,
+    /// or until the agent drops the sender. Returns the task ID.
+    pub(crate) async fn run(mut self, mut rx: watch::Receiver<Option<Task>>) -> String {
+        let id = self.task.id.clone();
+        loop {
+            let latest = rx.borrow_and_update().clone();
+            let Some(task) = latest else {
+                self.teardown().await;
+                return id;
+            };
+            self.absorb(task);
+            if self.status.state > TaskState::Running {
+                self.settle_finished().await;
+                if rx.changed().await.is_err() {
+                    return id;
+                }
+                continue;
+            }
+            match next_step(self.status.state, self.task.desired_state) {
+                Step::Idle => {
+                    if rx.changed().await.is_err() {
+                        return id;
+                    }
+                }
+                Step::Transition(s) => self.report(s, String::new(), true),
+                Step::Prepare => {
+                    let r = tokio::select! {
+                        r = self.prepare() => Some(r),
+                        _ = shutdown_requested(&mut rx) => None,
+                    };
+                    match r {
+                        Some(Ok(())) => self.report(TaskState::Ready, String::new(), true),
+                        Some(Err(e)) => self.fail(e),
+                        None => {} // re-evaluate: shutdown or removal wins
+                    }
+                }
+                Step::Start => match self.start().await {
+                    Ok(()) => self.report(TaskState::Running, String::new(), true),
+                    Err(e) => self.fail(e),
+                },
+                Step::Wait => {
+                    tokio::select! {
+                        r = self.wait_exit() => match r {
+                            Ok(code) => {
+                                let (state, err) = exit_state(code);
+                                self.report(state, err, state == TaskState::Complete);
+                            }
+                            Err(e) => self.fail(e),
+                        },
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                return id;
+                            }
+                        }
+                    }
+                }
+                Step::Shutdown => match self.shutdown().await {
+                    Ok(()) => self.report(TaskState::Shutdown, String::new(), true),
+                    Err(e) => self.fail(e),
+                },
+            }
+        }
+    }
+
+    /// Takes a newer task object; adopts its stored status if it is further than ours.
+    fn absorb(&mut self, task: Task) {
+        if task.status.state > self.status.state {
+            self.status = task.status.clone();
+        }
+        self.task = task;
+    }
+
+    /// Reports `state` (`err` for failures). With `new_message` the message becomes the state's
+    /// standard one; otherwise the previous message stays (swarmkit keeps it on failures).
+    fn report(&mut self, state: TaskState, err: String, new_message: bool) {
+        if !may_report(self.status.state, state) {
+            warn!(task = %self.task.id, from = %self.status.state, to = %state, "refusing to move a task backwards");
+            return;
+        }
+        let container_status = self.container_status();
+        let status = TaskStatus {
+            timestamp: Utc::now(),
+            state,
+            message: if new_message { state.default_message().to_string() } else { self.status.message.clone() },
+            err,
+            container_status,
+            port_status: Default::default(),
+        };
+        debug!(task = %self.task.id, state = %state, err = %status.err, "task state");
+        self.status = status.clone();
+        self.reporter.send(&self.task.id, status);
+    }
+
+    fn fail(&mut self, err: String) {
+        let state = failure_state(self.status.state);
+        info!(task = %self.task.id, state = %state, error = %err, "task failed");
+        self.report(state, err, false);
+    }
+
+    fn container_status(&self) -> Option<ContainerStatus> {
+        let id = self.container.as_ref()?;
+        let (pid, exit_code) = match self.engine.inspect(id) {
+            Ok(rec) if is_running(&rec) => (rec.state.pid as i64, 0),
+            Ok(rec) => (0, rec.state.exit_code),
+            Err(_) => (0, 0),
+        };
+        Some(ContainerStatus { container_id: id.clone(), pid, exit_code })
+    }
+
+    /// The task's container, if any (remembered, or found by label). Extra containers of the
+    /// same task (which should never exist) are removed, keeping a running one.
+    fn find_container(&mut self) -> Option<ContainerRecord> {
+        if let Some(id) = &self.container {
+            match self.engine.inspect(id) {
+                Ok(rec) => return Some(rec),
+                Err(_) => self.container = None,
+            }
+        }
+        let mut found = task_containers(&self.engine, &self.task.id);
+        if found.is_empty() {
+            return None;
+        }
+        let keep = found.iter().position(is_running).unwrap_or(0);
+        let rec = found.remove(keep);
+        for dup in found {
+            warn!(task = %self.task.id, container = %dup.id, "removing a duplicate container of the task");
+            let engine = self.engine.clone();
+            tokio::spawn(async move {
+                let _ = engine.remove(&dup.id, true).await;
+            });
+        }
+        self.container = Some(rec.id.clone());
+        Some(rec)
+    }
+
+    /// PREPARING → READY: the image is present (pulled if missing) and the container exists.
+    async fn prepare(&mut self) -> Result<(), String> {
+        if self.removed {
+            return Err("task: container was removed".into());
+        }
+        if self.find_container().is_some() {
+            return Ok(()); // created by an earlier run of the agent
+        }
+        let image = self.task.spec.container_spec.image.clone();
+        let images = self.engine.images().clone();
+        if images.get(&image).is_err() {
+            info!(task = %self.task.id, image = %image, "pulling image");
+            if let Err(e) = images.pull(&image, &mut |_| {}).await {
+                if images.get(&image).is_err() {
+                    warn!(task = %self.task.id, image = %image, error = %e, "pulling the image failed");
+                    return Err(format!("No such image: {image}"));
+                }
+            }
+        }
+        let create = spec::create_spec(&self.task, &self.ctx)?;
+        match self.engine.create(create).await {
+            Ok((id, _)) => {
+                info!(task = %self.task.id, container = %id, "container created");
+                self.container = Some(id);
+                Ok(())
+            }
+            Err(e) => {
+                // A concurrent creation (or a crash right after create) may have left it.
+                if self.find_container().is_some() {
+                    return Ok(());
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// STARTING → RUNNING: starts the container unless it already runs (or already ran).
+    async fn start(&mut self) -> Result<(), String> {
+        let rec = self.find_container().ok_or_else(|| "task: container not found".to_string())?;
+        if is_running(&rec) || rec.state.has_been_started {
+            return Ok(()); // started by an earlier run; Wait reports how it ended
+        }
+        self.engine.start(&rec.id).await.map_err(|e| e.to_string())?;
+        if let Some(h) = &self.task.spec.container_spec.healthcheck {
+            if !h.test.is_empty() && h.test[0] != "NONE" {
+                debug!(task = %self.task.id, "healthchecks are not supported by the engine; running without waiting for healthy");
+            }
+        }
+        Ok(())
+    }
+
+    /// RUNNING → exit code of the container.
+    async fn wait_exit(&mut self) -> Result<i64, String> {
+        let rec = self.find_container().ok_or_else(|| "task: container not found".to_string())?;
+        if !is_running(&rec) && !rec.state.has_been_started {
+            return Err("task: container is not running".into());
+        }
+        match self.engine.wait(&rec.id, WaitCondition::NotRunning).await {
+            Ok(out) => Ok(out.status_code),
+            Err(EngineError::NoSuchContainer(_)) => Err("task: container not found".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Stops the container (stop signal, then SIGKILL after the grace period) if it runs.
+    async fn stop_container(&mut self) -> Result<(), String> {
+        let Some(rec) = self.find_container() else { return Ok(()) };
+        if !is_running(&rec) {
+            return Ok(());
+        }
+        let grace = spec::stop_grace_secs(&self.task);
+        info!(task = %self.task.id, container = %rec.id, grace, "stopping container");
+        match self.engine.stop(&rec.id, Some(grace), None).await {
+            Ok(()) | Err(EngineError::NotModified(_)) | Err(EngineError::NoSuchContainer(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn shutdown(&mut self) -> Result<(), String> {
+        self.stop_container().await
+    }
+
+    async fn remove_container(&mut self) {
+        if let Some(rec) = self.find_container() {
+            info!(task = %self.task.id, container = %rec.id, "removing container");
+            match self.engine.remove(&rec.id, true).await {
+                Ok(()) | Err(EngineError::NoSuchContainer(_)) => {}
+                Err(e) => {
+                    warn!(task = %self.task.id, container = %rec.id, error = %e, "removing the container failed");
+                    return;
+                }
+            }
+        }
+        self.container = None;
+        self.removed = true;
+    }
+
+    /// A finished task: its container must not run; with desired REMOVE it goes away.
+    async fn settle_finished(&mut self) {
+        if let Err(e) = self.stop_container().await {
+            warn!(task = %self.task.id, error = %e, "stopping the container of a finished task failed");
+        }
+        if self.task.desired_state >= TaskState::Remove && !self.removed {
+            self.remove_container().await;
+        }
+    }
+
+    /// The task is gone (deleted, or no longer assigned here): stop and remove its container.
+    async fn teardown(&mut self) {
+        if let Err(e) = self.stop_container().await {
+            warn!(task = %self.task.id, error = %e, "stopping the container of a removed task failed");
+        }
+        self.remove_container().await;
+    }
+}
+
+/// Resolves when the task is gone, shut down or removed (or the agent stops).
+async fn shutdown_requested(rx: &mut watch::Receiver<Option<Task>>) {
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        match &*rx.borrow() {
+            None => return,
+            Some(t) if t.desired_state >= TaskState::Shutdown => return,
+            Some(_) => {}
+        }
+    }
+}
