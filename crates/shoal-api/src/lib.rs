@@ -13,6 +13,7 @@ mod filters;
 mod http;
 mod images;
 mod server;
+mod swarm;
 mod system;
 mod wire;
 
@@ -35,5 +36,6 @@ pub struct DaemonInfo {
 #[derive(Clone)]
 pub struct ApiState {
     pub engine: shoal_engine::Engine,
+    pub swarm: shoal_swarm::Swarm,
     pub daemon: DaemonInfo,
 }

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{debug, info, warn};
 
 use crate::http::{ApiError, ApiResult, Resp};
-use crate::{containers, exec, images, system, ApiState, API_VERSION};
+use crate::{containers, exec, images, swarm, system, ApiState, API_VERSION};
 
 /// Where to listen, as given by `-H`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,7 +198,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
 async fn dispatch(state: &ApiState, req: Request<Incoming>, method: &Method, route: &str) -> ApiResult {
     let segs: Vec<&str> = route.trim_start_matches('/').split('/').collect();
     match (method.clone(), segs.as_slice()) {
-        (Method::GET | Method::HEAD, ["_ping"]) => Ok(system::ping(method == Method::HEAD)),
+        (Method::GET | Method::HEAD, ["_ping"]) => Ok(system::ping(method == Method::HEAD, &swarm::ping_header(state))),
         (Method::GET, ["version"]) => Ok(system::version(state)),
         (Method::GET, ["info"]) => Ok(system::info(state)),
         (Method::GET, ["events"]) => system::events(state, req).await,
@@ -238,11 +238,29 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>, method: &Method, rou
         (Method::POST, ["exec", id, "resize"]) => exec::resize(state, req, id).await,
         (Method::GET, ["exec", id, "json"]) => exec::inspect(state, id).await,
 
-        (_, ["swarm", ..]) | (_, ["nodes", ..]) | (_, ["services", ..]) | (_, ["tasks", ..]) | (_, ["secrets", ..]) | (_, ["configs", ..]) => {
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.",
-            ))
+        (Method::GET, ["swarm"]) => swarm::inspect(state).await,
+        (Method::POST, ["swarm", "init"]) => swarm::init(state, req).await,
+        (Method::POST, ["swarm", "join"]) => swarm::join(state, req).await,
+        (Method::POST, ["swarm", "leave"]) => swarm::leave(state, req).await,
+        (Method::POST, ["swarm", "update"]) => swarm::update(state, req).await,
+        (Method::GET, ["swarm", "unlockkey"]) => swarm::unlock_key(state).await,
+        (Method::GET, ["nodes"]) => swarm::list_nodes(state, req).await,
+        (Method::GET, ["nodes", id]) => swarm::inspect_node(state, id).await,
+        (Method::DELETE, ["nodes", id]) => swarm::remove_node(state, req, id).await,
+        (Method::POST, ["nodes", id, "update"]) => swarm::update_node(state, req, id).await,
+        (Method::GET, ["services"]) => swarm::list_services(state, req).await,
+        (Method::POST, ["services", "create"]) => swarm::create_service(state, req).await,
+        (Method::GET, ["services", id]) => swarm::inspect_service(state, req, id).await,
+        (Method::DELETE, ["services", id]) => swarm::remove_service(state, id).await,
+        (Method::POST, ["services", id, "update"]) => swarm::update_service(state, req, id).await,
+        (Method::GET, ["services", id, "logs"]) => swarm::logs(state, req, Some(id), None).await,
+        (Method::GET, ["tasks"]) => swarm::list_tasks(state, req).await,
+        (Method::GET, ["tasks", id]) => swarm::inspect_task(state, id).await,
+        (Method::GET, ["tasks", id, "logs"]) => swarm::logs(state, req, None, Some(id)).await,
+        (_, ["swarm", ..]) | (_, ["nodes", ..]) | (_, ["services", ..]) | (_, ["tasks", ..]) => Err(ApiError::not_found("page not found")),
+        (_, ["secrets", ..]) | (_, ["configs", ..]) => {
+            state.swarm.store()?;
+            Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "secrets and configs are not supported by this daemon yet"))
         }
         _ => Err(ApiError::not_found("page not found")),
     }

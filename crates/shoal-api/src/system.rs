@@ -12,17 +12,19 @@ use crate::http::{self, ApiError, ApiResult, Query, Resp};
 use crate::wire;
 use crate::{ApiState, API_VERSION, MIN_API_VERSION};
 
-pub fn ping(head: bool) -> Resp {
+pub fn ping(head: bool, swarm: &str) -> Resp {
     let mut resp = if head {
         http::full(StatusCode::OK, "text/plain; charset=utf-8", Bytes::new())
     } else {
         http::full(StatusCode::OK, "text/plain; charset=utf-8", "OK")
     };
     let h = resp.headers_mut();
+    if let Ok(v) = swarm.parse() {
+        h.insert("Swarm", v);
+    }
     for (k, v) in [
         ("Cache-Control", "no-cache, no-store, must-revalidate"),
         ("Pragma", "no-cache"),
-        ("Swarm", "inactive"),
         ("Builder-Version", "1"),
     ] {
         if let Ok(v) = v.parse() {
@@ -138,7 +140,7 @@ pub fn info(state: &ApiState) -> Resp {
             "ServerVersion": state.daemon.version,
             "Runtimes": {"shoal": {"path": "libcontainer (embedded)"}},
             "DefaultRuntime": "shoal",
-            "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": false, "Error": "", "RemoteManagers": null},
+            "Swarm": crate::swarm::info_json(state),
             "LiveRestoreEnabled": true,
             "Isolation": "",
             "InitBinary": if init { "docker-init" } else { "" },

@@ -19,6 +19,7 @@ mod lifecycle;
 mod logs;
 pub mod model;
 mod names;
+pub use names::random_name;
 mod persist;
 mod procs;
 pub mod rootfs;

@@ -190,7 +190,8 @@ fn run_daemon(args: DaemonArgs) -> Result<()> {
             listeners.push(shoal_api::Listener::bind(spec).await.with_context(|| format!("listening on {spec:?}"))?);
         }
         info!(data_root = %data_root.display(), exec_root = %exec_root.display(), "shoal daemon ready");
-        let state = shoal_api::ApiState { engine, daemon };
+        let swarm = shoal_swarm::Swarm::load(engine.clone(), &data_root).await.context("resuming swarm membership")?;
+        let state = shoal_api::ApiState { engine, swarm: swarm.clone(), daemon };
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         tokio::select! {
@@ -198,6 +199,7 @@ fn run_daemon(args: DaemonArgs) -> Result<()> {
             _ = sigterm.recv() => info!("SIGTERM: shutting down, containers keep running (live restore)"),
             _ = sigint.recv() => info!("SIGINT: shutting down, containers keep running (live restore)"),
         }
+        swarm.shutdown().await;
         for spec in &specs {
             if let shoal_api::ListenerSpec::Unix(path) = spec {
                 let _ = std::fs::remove_file(path);
