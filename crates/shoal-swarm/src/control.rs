@@ -227,7 +227,15 @@ impl Swarm {
     }
 
     pub fn find_node(&self, reference: &str) -> Result<Node> {
-        lookup("node", self.nodes()?, reference, |n| &n.id, |n| &n.description.hostname)
+        let nodes = self.nodes()?;
+        let self_id;
+        let reference = if reference == "self" {
+            self_id = self.node_id().unwrap_or_default();
+            self_id.as_str()
+        } else {
+            reference
+        };
+        lookup("node", nodes, reference, |n| &n.id, |n| &n.description.hostname)
     }
 
     pub async fn update_node(&self, reference: &str, version: u64, spec: shoal_types::NodeSpec) -> Result<()> {
