@@ -2,14 +2,14 @@
 //! ([`crate::state`]) with engine calls and reports each observed state.
 
 use chrono::Utc;
-use shoal_engine::{ContainerRecord, Engine, EngineError, Status, WaitCondition};
+use shoal_engine::{ContainerRecord, Engine, EngineError, HealthStatus, Status, WaitCondition};
 use shoal_types::{ContainerStatus, Task, TaskState, TaskStatus};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::reporter::Reporter;
 use crate::spec::{self, TemplateContext, LABEL_TASK_ID};
-use crate::state::{exit_state, failure_state, may_report, next_step, Step};
+use crate::state::{exit_error, exit_state_with_cause, failure_state, may_report, next_step, Step, ERR_CONTAINER_UNHEALTHY};
 
 /// The containers of the engine that belong to `task_id`, newest first.
 pub(crate) fn task_containers(engine: &Engine, task_id: &str) -> Vec<ContainerRecord> {
@@ -35,12 +35,15 @@ pub(crate) struct Controller {
     container: Option<String>,
     /// The container was removed (desired REMOVE): never create it again.
     removed: bool,
+    /// The container was stopped because it became unhealthy: its exit carries moby's
+    /// `ErrContainerUnhealthy` as cause.
+    unhealthy: bool,
 }
 
 impl Controller {
     pub(crate) fn new(engine: Engine, reporter: Reporter, ctx: TemplateContext, task: Task) -> Controller {
         let status = task.status.clone();
-        Controller { engine, reporter, ctx, task, status, container: None, removed: false }
+        Controller { engine, reporter, ctx, task, status, container: None, removed: false, unhealthy: false }
     }
 
     /// Runs until the task is no longer assigned here (`None` in `rx`) and its container is gone,
@@ -79,15 +82,28 @@ impl Controller {
                         None => {} // re-evaluate: shutdown or removal wins
                     }
                 }
-                Step::Start => match self.start().await {
-                    Ok(()) => self.report(TaskState::Running, String::new(), true),
-                    Err(e) => self.fail(e),
-                },
+                Step::Start => {
+                    // With a healthcheck the task stays STARTING until the container is healthy
+                    // (moby's controller.Start waits for `health_status: healthy`).
+                    let r = match self.start().await {
+                        Ok(()) => tokio::select! {
+                            r = self.wait_healthy() => Some(r),
+                            _ = shutdown_requested(&mut rx) => None,
+                        },
+                        Err(e) => Some(Err(e)),
+                    };
+                    match r {
+                        Some(Ok(())) => self.report(TaskState::Running, String::new(), true),
+                        Some(Err(e)) => self.fail(e),
+                        None => {} // re-evaluate: shutdown or removal wins
+                    }
+                }
                 Step::Wait => {
                     tokio::select! {
                         r = self.wait_exit() => match r {
                             Ok(code) => {
-                                let (state, err) = exit_state(code);
+                                let cause = self.unhealthy.then_some(ERR_CONTAINER_UNHEALTHY);
+                                let (state, err) = exit_state_with_cause(code, cause);
                                 self.report(state, err, state == TaskState::Complete);
                             }
                             Err(e) => self.fail(e),
@@ -221,21 +237,76 @@ impl Controller {
             return Ok(()); // started by an earlier run; Wait reports how it ended
         }
         self.engine.start(&rec.id).await.map_err(|e| e.to_string())?;
-        if let Some(h) = &self.task.spec.container_spec.healthcheck {
-            if !h.test.is_empty() && h.test[0] != "NONE" {
-                debug!(task = %self.task.id, "healthchecks are not supported by the engine; running without waiting for healthy");
-            }
-        }
         Ok(())
     }
 
-    /// RUNNING → exit code of the container.
+    /// STARTING, container started: with an active healthcheck (the container's, or its
+    /// image's unless `NONE`) waits until it is healthy. Unhealthy: the container is stopped and
+    /// its non-zero exit fails the task with moby's `ErrContainerUnhealthy` cause. An exit
+    /// before that fails the task with the exit code (exit 0: RUNNING, then COMPLETE).
+    async fn wait_healthy(&mut self) -> Result<(), String> {
+        let rec = self.find_container().ok_or_else(|| "task: container not found".to_string())?;
+        if !is_running(&rec) || rec.config.active_healthcheck().is_none() {
+            return Ok(()); // no healthcheck, or already exited: Wait reports how it ended
+        }
+        let id = rec.id.clone();
+        debug!(task = %self.task.id, container = %id, "waiting for the container to be healthy");
+        let mut changes = self.engine.watch(&id).map_err(|_| "task: container not found".to_string())?;
+        loop {
+            let rec = self.engine.inspect(&id).map_err(|_| "task: container not found".to_string())?;
+            match (rec.state.status, rec.state.health.as_ref().map(|h| h.status)) {
+                (Status::Running, Some(HealthStatus::Healthy)) => return Ok(()),
+                (Status::Running, Some(HealthStatus::Unhealthy)) => break,
+                (Status::Running | Status::Restarting, _) => {}
+                _ => {
+                    let cause = self.unhealthy.then_some(ERR_CONTAINER_UNHEALTHY);
+                    return match rec.state.exit_code {
+                        0 => Ok(()),
+                        code => Err(exit_error(code, cause)),
+                    };
+                }
+            }
+            if changes.changed().await.is_err() {
+                return Err("task: container not found".into());
+            }
+        }
+        info!(task = %self.task.id, container = %id, "container is unhealthy; stopping it");
+        self.unhealthy = true;
+        self.stop_container().await.map_err(|e| format!("unhealthy container shutdown failed: {e}"))?;
+        let code = match self.engine.wait(&id, WaitCondition::NotRunning).await {
+            Ok(out) => out.status_code,
+            Err(_) => return Err("task: container not found".into()),
+        };
+        match code {
+            0 => Ok(()),
+            code => Err(exit_error(code, Some(ERR_CONTAINER_UNHEALTHY))),
+        }
+    }
+
+    /// RUNNING → exit code of the container. A container with a healthcheck that becomes
+    /// unhealthy is stopped (moby's controller.Wait/checkHealth).
     async fn wait_exit(&mut self) -> Result<i64, String> {
         let rec = self.find_container().ok_or_else(|| "task: container not found".to_string())?;
         if !is_running(&rec) && !rec.state.has_been_started {
             return Err("task: container is not running".into());
         }
-        match self.engine.wait(&rec.id, WaitCondition::NotRunning).await {
+        let id = rec.id.clone();
+        let exited = self.engine.wait(&id, WaitCondition::NotRunning);
+        let code = if rec.config.active_healthcheck().is_some() && is_running(&rec) {
+            let engine = self.engine.clone();
+            tokio::select! {
+                r = exited => r,
+                () = became_unhealthy(engine, id.clone()) => {
+                    info!(task = %self.task.id, container = %id, "container is unhealthy; stopping it");
+                    self.unhealthy = true;
+                    self.stop_container().await?;
+                    self.engine.wait(&id, WaitCondition::NotRunning).await
+                }
+            }
+        } else {
+            exited.await
+        };
+        match code {
             Ok(out) => Ok(out.status_code),
             Err(EngineError::NoSuchContainer(_)) => Err("task: container not found".into()),
             Err(e) => Err(e.to_string()),
@@ -291,6 +362,24 @@ impl Controller {
             warn!(task = %self.task.id, error = %e, "stopping the container of a removed task failed");
         }
         self.remove_container().await;
+    }
+}
+
+/// Resolves when the running container `id` is unhealthy; never if it stops or goes away first.
+async fn became_unhealthy(engine: Engine, id: String) {
+    let Ok(mut changes) = engine.watch(&id) else { return std::future::pending().await };
+    loop {
+        match engine.inspect(&id) {
+            Ok(rec) if rec.state.status == Status::Running => {
+                if rec.state.health.as_ref().is_some_and(|h| h.status == HealthStatus::Unhealthy) {
+                    return;
+                }
+            }
+            _ => return std::future::pending().await,
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

@@ -11,7 +11,8 @@
 //!   (a tokio task) per assigned task, and removes containers of tasks that are no longer
 //!   assigned here.
 //! - Each controller follows swarmkit's `Do` rules ([`state`]): ASSIGNED → ACCEPTED → PREPARING
-//!   (image present, container created) → READY → (only when desired ≥ RUNNING) STARTING →
+//!   (image present, container created) → READY → (only when desired ≥ RUNNING) STARTING
+//!   (with a healthcheck: until healthy; unhealthy → container stopped, FAILED) →
 //!   RUNNING → COMPLETE/FAILED; desired ≥ SHUTDOWN stops the container → SHUTDOWN; desired
 //!   REMOVE or the task's deletion removes the container. Observed state never goes backwards.
 //! - Containers carry `com.docker.swarm.task.id`; that label, not agent memory, links a task to

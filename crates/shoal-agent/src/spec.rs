@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use shoal_engine::{BindMount, CreateSpec, HostSpec, NetworkMode, RestartPolicy};
+use shoal_engine::{BindMount, CreateSpec, HealthConfig, HostSpec, NetworkMode, RestartPolicy};
 use shoal_types::{Mount, Task};
 
 /// Label namespace of swarm containers.
@@ -172,6 +172,14 @@ pub fn create_spec(task: &Task, ctx: &TemplateContext) -> Result<CreateSpec, Str
         open_stdin: c.open_stdin,
         stop_signal: (!c.stop_signal.is_empty()).then(|| c.stop_signal.clone()),
         stop_timeout: Some(stop_grace_secs(task)),
+        healthcheck: c.healthcheck.as_ref().map(|h| HealthConfig {
+            test: h.test.clone(),
+            interval: h.interval,
+            timeout: h.timeout,
+            start_period: h.start_period,
+            start_interval: h.start_interval,
+            retries: h.retries,
+        }),
         host,
         ..CreateSpec::default()
     })
@@ -207,6 +215,12 @@ mod tests {
                     stop_signal: "SIGQUIT".into(),
                     stop_grace_period: Some(3_500_000_000),
                     init: Some(true),
+                    healthcheck: Some(shoal_types::HealthConfig {
+                        test: vec!["CMD-SHELL".into(), "true".into()],
+                        interval: 500_000_000,
+                        retries: 2,
+                        ..Default::default()
+                    }),
                     hosts: vec!["10.0.0.1 db cache".into(), "x:10.0.0.2".into()],
                     mounts: vec![
                         Mount { kind: "bind".into(), source: "/srv".into(), target: "/data".into(), read_only: true, ..Default::default() },
@@ -264,6 +278,8 @@ mod tests {
         assert_eq!(s.labels[LABEL_SERVICE_ID], "s1");
         assert_eq!(s.labels[LABEL_SERVICE_NAME], "web");
         assert_eq!(s.labels["app"], "web");
+        let h = s.healthcheck.unwrap();
+        assert_eq!((h.test, h.interval, h.retries, h.timeout), (vec!["CMD-SHELL".to_string(), "true".to_string()], 500_000_000, 2, 0));
     }
 
     #[test]
@@ -280,6 +296,7 @@ mod tests {
         assert_eq!(s.stop_timeout, Some(10));
         assert_eq!(s.host.pids_limit, None);
         assert_eq!(s.hostname, "");
+        assert!(s.healthcheck.is_none());
     }
 
     #[test]

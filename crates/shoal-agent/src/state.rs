@@ -57,12 +57,29 @@ pub fn failure_state(observed: TaskState) -> TaskState {
     }
 }
 
+/// moby's `ErrContainerUnhealthy` (`daemon/cluster/executor/container/errors.go`): the cause
+/// of a task whose container was stopped because its healthcheck failed.
+pub const ERR_CONTAINER_UNHEALTHY: &str = "dockerexec: unhealthy container";
+
 /// The state a container exit leads to, with the error text (`task: non-zero exit (N)`).
 pub fn exit_state(exit_code: i64) -> (TaskState, String) {
+    exit_state_with_cause(exit_code, None)
+}
+
+/// Like [`exit_state`], with moby's `exitError` cause appended to a non-zero exit
+/// (`task: non-zero exit (137): dockerexec: unhealthy container`).
+pub fn exit_state_with_cause(exit_code: i64, cause: Option<&str>) -> (TaskState, String) {
     if exit_code == 0 {
-        (TaskState::Complete, String::new())
-    } else {
-        (TaskState::Failed, format!("task: non-zero exit ({exit_code})"))
+        return (TaskState::Complete, String::new());
+    }
+    (TaskState::Failed, exit_error(exit_code, cause))
+}
+
+/// moby's `exitError.Error()`.
+pub fn exit_error(exit_code: i64, cause: Option<&str>) -> String {
+    match cause {
+        Some(c) => format!("task: non-zero exit ({exit_code}): {c}"),
+        None => format!("task: non-zero exit ({exit_code})"),
     }
 }
 
@@ -139,6 +156,11 @@ mod tests {
         }
         assert_eq!(exit_state(0), (Complete, String::new()));
         assert_eq!(exit_state(137), (Failed, "task: non-zero exit (137)".to_string()));
+        assert_eq!(
+            exit_state_with_cause(137, Some(ERR_CONTAINER_UNHEALTHY)),
+            (Failed, "task: non-zero exit (137): dockerexec: unhealthy container".to_string())
+        );
+        assert_eq!(exit_state_with_cause(0, Some(ERR_CONTAINER_UNHEALTHY)), (Complete, String::new()));
         assert!(may_report(Running, Running));
         assert!(may_report(Running, Failed));
         assert!(!may_report(Running, Starting));

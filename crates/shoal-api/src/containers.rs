@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use shoal_engine::{BindMount, CreateSpec, HostSpec, LogOptions, NetworkMode, PortBinding, PortProto, RestartPolicy, Status, WaitCondition};
+use shoal_engine::{BindMount, CreateSpec, HealthConfig, HostSpec, LogOptions, NetworkMode, PortBinding, PortProto, RestartPolicy, Status, WaitCondition};
 
 use crate::filters::Filters;
 use crate::http::{self, ApiError, ApiResult, Query};
@@ -43,7 +43,19 @@ struct CreateBody {
     labels: Option<BTreeMap<String, String>>,
     stop_signal: Option<String>,
     stop_timeout: Option<i64>,
+    healthcheck: Option<HealthcheckBody>,
     host_config: Option<HostConfigBody>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct HealthcheckBody {
+    test: Option<Vec<String>>,
+    interval: i64,
+    timeout: i64,
+    start_period: i64,
+    start_interval: i64,
+    retries: i64,
 }
 
 #[derive(Deserialize, Default)]
@@ -203,6 +215,14 @@ fn to_spec(name: Option<String>, body: CreateBody) -> Result<CreateSpec, ApiErro
         exposed_ports: exposed,
         stop_signal: body.stop_signal.filter(|s| !s.is_empty()),
         stop_timeout: body.stop_timeout,
+        healthcheck: body.healthcheck.map(|h| HealthConfig {
+            test: h.test.unwrap_or_default(),
+            interval: h.interval,
+            timeout: h.timeout,
+            start_period: h.start_period,
+            start_interval: h.start_interval,
+            retries: h.retries,
+        }),
         host: HostSpec {
             binds,
             tmpfs,
@@ -250,6 +270,13 @@ pub async fn list(state: &ApiState, req: Request<Incoming>) -> ApiResult {
             }
         }
     }
+    if let Some(values) = filters.get("health") {
+        for v in values {
+            if !["starting", "healthy", "unhealthy", "none"].contains(&v.as_str()) {
+                return Err(ApiError::bad_request(format!("Unrecognised filter value for health: {v}")));
+            }
+        }
+    }
     let show_all = all || filters.get("status").is_some() || filters.get("exited").is_some();
     let records = state.engine.list();
     let mut out = Vec::new();
@@ -267,6 +294,7 @@ pub async fn list(state: &ApiState, req: Request<Incoming>) -> ApiResult {
             && filters.any("publish", |v| rec.network.ports.iter().any(|p| v.split('/').next() == Some(&p.host_port.to_string())))
             && filters.any("expose", |v| rec.config.exposed_ports.iter().any(|p| v.split('/').next() == Some(&p.port.to_string())))
             && filters.any("network", |v| v == rec.config.host.network_mode.as_str())
+            && filters.any("health", |v| v == wire::health_text(rec))
             && filters.labels_match(&rec.config.labels);
         if ok {
             out.push(wire::container_summary(rec));
@@ -627,6 +655,21 @@ mod tests {
         assert_eq!(spec.host.port_bindings[0].host_port, Some(8080));
         assert!(spec.host.binds[0].readonly);
         assert_eq!(spec.host.restart_policy.maximum_retry_count, 3);
+    }
+
+    #[test]
+    fn healthcheck_converts() {
+        let body: CreateBody = serde_json::from_str(
+            r#"{"Image":"busybox","Healthcheck":{"Test":["CMD-SHELL","test -f /tmp/ok"],"Interval":500000000,"Retries":2}}"#,
+        )
+        .unwrap();
+        let h = to_spec(None, body).unwrap().healthcheck.unwrap();
+        assert_eq!(h.test, vec!["CMD-SHELL", "test -f /tmp/ok"]);
+        assert_eq!((h.interval, h.retries, h.timeout), (500_000_000, 2, 0));
+        let body: CreateBody = serde_json::from_str(r#"{"Image":"busybox","Healthcheck":{"Test":["NONE"]}}"#).unwrap();
+        assert_eq!(to_spec(None, body).unwrap().healthcheck.unwrap().test, vec!["NONE"]);
+        let body: CreateBody = serde_json::from_str(r#"{"Image":"busybox","Healthcheck":null}"#).unwrap();
+        assert!(to_spec(None, body).unwrap().healthcheck.is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use shoal_engine::{ContainerRecord, NetworkMode, PublishedPort, Status};
+use shoal_engine::{ContainerRecord, HealthConfig, NetworkMode, PublishedPort, Status};
 
 /// RFC 3339 with nanoseconds trimmed the way Go prints them; zero time when absent.
 pub fn time(t: Option<DateTime<Utc>>) -> String {
@@ -57,7 +57,14 @@ pub fn human_duration(d: chrono::Duration) -> String {
 pub fn status_text(rec: &ContainerRecord) -> String {
     let now = Utc::now();
     match rec.state.status {
-        Status::Running => format!("Up {}", human_duration(now - rec.state.started_at.unwrap_or(now))),
+        Status::Running => {
+            let up = human_duration(now - rec.state.started_at.unwrap_or(now));
+            match &rec.state.health {
+                Some(h) if h.status == shoal_engine::HealthStatus::Starting => format!("Up {up} (health: starting)"),
+                Some(h) => format!("Up {up} ({})", h.status.as_str()),
+                None => format!("Up {up}"),
+            }
+        }
         Status::Restarting => format!(
             "Restarting ({}) {} ago",
             rec.state.exit_code,
@@ -71,6 +78,36 @@ pub fn status_text(rec: &ContainerRecord) -> String {
         Status::Removing => "Removal In Progress".into(),
         Status::Dead => "Dead".into(),
     }
+}
+
+/// The container's health for `ps --filter health=`: `starting`, `healthy`, `unhealthy` or
+/// `none` (no healthcheck).
+pub fn health_text(rec: &ContainerRecord) -> &'static str {
+    rec.state.health.as_ref().map(|h| h.status.as_str()).unwrap_or("none")
+}
+
+/// Docker's `HealthConfig` JSON (zero fields omitted).
+fn healthcheck_json(h: &HealthConfig) -> Value {
+    let mut m = serde_json::Map::new();
+    if !h.test.is_empty() {
+        m.insert("Test".into(), json!(h.test));
+    }
+    for (k, v) in [("Interval", h.interval), ("Timeout", h.timeout), ("StartPeriod", h.start_period), ("StartInterval", h.start_interval), ("Retries", h.retries)] {
+        if v != 0 {
+            m.insert(k.into(), json!(v));
+        }
+    }
+    Value::Object(m)
+}
+
+/// `State.Health`.
+fn health_json(h: &shoal_engine::Health) -> Value {
+    let log: Vec<Value> = h
+        .log
+        .iter()
+        .map(|r| json!({"Start": time(Some(r.start)), "End": time(Some(r.end)), "ExitCode": r.exit_code, "Output": r.output}))
+        .collect();
+    json!({"Status": h.status.as_str(), "FailingStreak": h.failing_streak, "Log": log})
 }
 
 fn command_text(rec: &ContainerRecord) -> String {
@@ -193,7 +230,7 @@ pub fn container_inspect(rec: &ContainerRecord, dirs_root: &str) -> Value {
         .map(|b| if b.readonly { format!("{}:{}:ro", b.source, b.destination) } else { format!("{}:{}", b.source, b.destination) })
         .collect();
     let running = rec.state.status == Status::Running;
-    json!({
+    let mut out = json!({
         "Id": rec.id,
         "Created": time(Some(rec.created)),
         "Path": cfg.path,
@@ -304,7 +341,14 @@ pub fn container_inspect(rec: &ContainerRecord, dirs_root: &str) -> Value {
             "MacAddress": rec.network.mac,
             "Networks": networks(rec),
         },
-    })
+    });
+    if let Some(h) = &rec.state.health {
+        out["State"]["Health"] = health_json(h);
+    }
+    if let Some(h) = &cfg.healthcheck {
+        out["Config"]["Healthcheck"] = healthcheck_json(h);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -90,6 +90,42 @@ impl Engine {
         Ok(())
     }
 
+    /// Drops a finished (or abandoned) exec instance, e.g. a health probe, from the table.
+    pub(crate) fn exec_forget(&self, id: &str) {
+        lock(&self.inner.execs).remove(id);
+    }
+
+    /// Kills a running exec's process and everything it started (SIGKILL via pidfds). The exec
+    /// then finishes as usual, with exit code 137.
+    pub(crate) fn exec_kill(&self, id: &str) {
+        let Some(instance) = lock(&self.inner.execs).get(id).cloned() else { return };
+        let (helper, running) = {
+            let view = lock(&instance.state);
+            (view.pid, view.running)
+        };
+        if !running || helper <= 0 {
+            return;
+        }
+        // Hold pidfds first, then signal only what is still in the helper's tree: a pid that was
+        // reused in between is never signalled.
+        let first = descendants(helper);
+        let fds: Vec<(i32, OwnedFd)> = first.iter().filter_map(|&p| shoal_runtime::pidfd_open(p).ok().map(|fd| (p, fd))).collect();
+        let still = descendants(helper);
+        let mut killed = 0;
+        for (pid, fd) in &fds {
+            if still.contains(pid) && pidfd_kill(fd).is_ok() {
+                killed += 1;
+            }
+        }
+        if killed == 0 {
+            // The process was not created yet: stop the helper itself.
+            if let Ok(fd) = shoal_runtime::pidfd_open(helper) {
+                let _ = pidfd_kill(&fd);
+            }
+        }
+        debug!(exec = %id, killed, "exec killed");
+    }
+
     /// Starts an exec. Detached: returns `None` once the process runs.
     pub async fn exec_start(&self, id: &str, detach: bool) -> Result<Option<ExecSession>> {
         let instance = lock(&self.inner.execs).get(id).cloned().ok_or_else(|| EngineError::NoSuchExec(id.to_string()))?;
@@ -277,6 +313,38 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(mut reader: R, stream: u8, tx: mp
             }
         }
     }
+}
+
+/// All descendants of `pid` (children first-level first), from `/proc/<pid>/task/*/children`.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("children")) else { continue };
+            for child in text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                if !out.contains(&child) {
+                    out.push(child);
+                    queue.push(child);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn pidfd_kill(fd: &OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal with a valid pidfd owned by `fd`, SIGKILL, a NULL siginfo and no
+    // flags; no memory is passed to the kernel.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn dup_fd(fd: &OwnedFd) -> Result<OwnedFd> {

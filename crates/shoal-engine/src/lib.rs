@@ -15,6 +15,7 @@
 pub mod archive;
 mod error;
 mod exec;
+pub mod health;
 mod lifecycle;
 mod logs;
 pub mod model;
@@ -89,6 +90,8 @@ pub(crate) struct Container {
     removed: Mutex<bool>,
     /// Attach sessions made before the container started; connected at start.
     pending_attach: Mutex<Vec<lifecycle::PendingAttach>>,
+    /// The running healthcheck loop, if any.
+    health_task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Container {
@@ -101,6 +104,7 @@ impl Container {
             exits: Mutex::new(0),
             removed: Mutex::new(false),
             pending_attach: Mutex::new(Vec::new()),
+            health_task: Mutex::new(None),
         })
     }
 
@@ -218,6 +222,12 @@ impl Engine {
             }
         }
         Err(EngineError::NoSuchContainer(reference.to_string()))
+    }
+
+    /// A receiver that sees every change of the container's record (state, health); its value
+    /// is a counter, so `changed()` wakes on each change. Re-read the record with `inspect`.
+    pub fn watch(&self, reference: &str) -> Result<watch::Receiver<u64>> {
+        Ok(self.find(reference)?.changed.subscribe())
     }
 
     /// The record of one container.

@@ -116,6 +116,7 @@ pub(crate) fn merge_config(id: &str, spec: &CreateSpec, image: &shoal_image::Ima
         exposed_ports: exposed,
         stop_signal: spec.stop_signal.clone().or_else(|| img.stop_signal.clone()).unwrap_or_else(|| "SIGTERM".into()),
         stop_timeout: spec.stop_timeout,
+        healthcheck: crate::health::merge(spec.healthcheck.as_ref(), img.healthcheck.as_ref()),
         host: spec.host.clone(),
     })
 }
@@ -176,6 +177,9 @@ pub(crate) fn validate_host(host: &HostSpec, spec: &CreateSpec) -> Result<()> {
     }
     if let Some(sig) = &spec.stop_signal {
         parse_signal(sig)?;
+    }
+    if let Some(h) = &spec.healthcheck {
+        crate::health::validate(h).map_err(EngineError::Invalid)?;
     }
     Ok(())
 }
@@ -280,11 +284,13 @@ impl Engine {
                     rec.state.exit_code = 0;
                     rec.state.oom_killed = false;
                     rec.state.has_been_started = true;
+                    crate::health::reset_for_start(&mut rec);
                     rec.network = started.network;
                     rec.clone()
                 };
                 self.persist(&snapshot)?;
                 c.notify();
+                self.start_health_monitor(c);
                 self.connect_pending_attaches(c, &id).await;
                 if let Err(e) = self.release_start_gate(&id).await {
                     warn!(container = %id, error = %e, "releasing the start gate failed");
@@ -470,6 +476,7 @@ impl Engine {
 
     /// Records a container's exit, tears down its resources and applies its restart policy.
     async fn handle_exit(&self, c: Arc<Container>) {
+        self.stop_health_monitor(&c);
         let id = c.lock().id.clone();
         let shim_dir = self.shim_dir(&id);
         let exit = tokio::task::spawn_blocking({
@@ -552,7 +559,9 @@ impl Engine {
 
     /// Releases what a started container held: runtime state, network, rootfs mount.
     fn teardown(&self, id: &str) {
+        let t = std::time::Instant::now();
         shoal_runtime::cleanup_stale(&self.runtime_root(), id);
+        let runtime_ms = t.elapsed().as_secs_f64() * 1e3;
         if let Err(e) = self.inner.net.unpublish(id) {
             warn!(container = %id, error = %e, "unpublishing ports failed");
         }
@@ -564,10 +573,13 @@ impl Engine {
         if let Err(e) = self.inner.net.remove_endpoint(id) {
             warn!(container = %id, error = %e, "removing the network endpoint failed");
         }
+        let net_ms = t.elapsed().as_secs_f64() * 1e3 - runtime_ms;
         if let Err(e) = rootfs::unmount_rootfs(&self.dirs(id)) {
             warn!(container = %id, error = %e, "unmounting the rootfs failed");
         }
         let _ = std::fs::remove_dir_all(self.bundle_dir(id));
+        let total_ms = t.elapsed().as_secs_f64() * 1e3;
+        debug!(container = %id, runtime_ms, net_ms, fs_ms = total_ms - runtime_ms - net_ms, total_ms, "container torn down");
     }
 
     /// Sends a signal to the container's main process.
@@ -704,6 +716,7 @@ impl Engine {
         if *lock(&c.removed) {
             return Ok(());
         }
+        self.stop_health_monitor(c);
         match status {
             Status::Running if !force => {
                 return Err(EngineError::Conflict(format!(
@@ -726,10 +739,13 @@ impl Engine {
         let this = self.clone();
         let rm_id = id.clone();
         tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
             this.teardown(&rm_id);
             let _ = std::fs::remove_dir_all(this.shim_dir(&rm_id));
             let dirs = this.dirs(&rm_id);
-            std::fs::remove_dir_all(&dirs.root).map_err(|e| EngineError::io(format!("removing {}", dirs.root.display()), e))
+            let result = std::fs::remove_dir_all(&dirs.root).map_err(|e| EngineError::io(format!("removing {}", dirs.root.display()), e));
+            debug!(container = %rm_id, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "container files removed");
+            result
         })
         .await
         .map_err(|e| EngineError::Internal(format!("removing {id}: {e}")))??;
@@ -924,12 +940,20 @@ impl Engine {
                             warn!(container = %id, error = %e, "restoring the network state failed");
                         }
                     }
-                    {
+                    let snapshot = {
                         let mut rec = c.lock();
                         rec.state.shim_pid = shim_pid;
                         rec.state.pid = init_pid;
+                        crate::health::reset_for_start(&mut rec);
+                        rec.clone()
+                    };
+                    if snapshot.state.health.is_some() {
+                        if let Err(e) = self.persist(&snapshot) {
+                            warn!(container = %id, error = %e, "persisting the reset health state failed");
+                        }
                     }
                     info!(container = %id, shim_pid, "re-adopted running container");
+                    self.start_health_monitor(&c);
                     self.spawn_monitor(c, shim_pid);
                 }
                 _ => {
@@ -1130,6 +1154,7 @@ mod tests {
                 exposed_ports: vec![],
                 stop_signal: "SIGTERM".into(),
                 stop_timeout: None,
+                healthcheck: None,
                 host: HostSpec { restart_policy: RestartPolicy { name: policy, maximum_retry_count: max }, ..Default::default() },
             },
             state: ContainerState { exit_code: exit, restart_count: restarts, ..Default::default() },

@@ -173,7 +173,58 @@ pub struct CreateSpec {
     pub exposed_ports: Vec<PortProto>,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<i64>,
+    /// `Config.Healthcheck`; fields left zero/empty are taken from the image's healthcheck.
+    #[serde(default)]
+    pub healthcheck: Option<HealthConfig>,
     pub host: HostSpec,
+}
+
+/// A healthcheck (Docker's `HealthConfig`): `test` is `["NONE"]`, `["CMD", args…]` or
+/// `["CMD-SHELL", "cmd"]` (empty: inherit); durations in nanoseconds, 0 meaning the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthConfig {
+    pub test: Vec<String>,
+    pub interval: i64,
+    pub timeout: i64,
+    pub start_period: i64,
+    pub start_interval: i64,
+    pub retries: i64,
+}
+
+/// A container's health (`State.Health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Starting => "starting",
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// One probe run (`State.Health.Log[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResult {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub exit_code: i64,
+    pub output: String,
+}
+
+/// `State.Health`: status, consecutive failures and the last results (at most 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    pub failing_streak: u32,
+    pub log: Vec<HealthResult>,
 }
 
 /// The host-side part of a container (Docker's `HostConfig`).
@@ -226,7 +277,18 @@ pub struct ContainerConfig {
     pub exposed_ports: Vec<PortProto>,
     pub stop_signal: String,
     pub stop_timeout: Option<i64>,
+    /// The effective healthcheck (image's merged with the container's); `None` or `["NONE"]`
+    /// means no probes.
+    #[serde(default)]
+    pub healthcheck: Option<HealthConfig>,
     pub host: HostSpec,
+}
+
+impl ContainerConfig {
+    /// The healthcheck probes run with, if any (`CMD`/`CMD-SHELL` with a command).
+    pub fn active_healthcheck(&self) -> Option<&HealthConfig> {
+        self.healthcheck.as_ref().filter(|h| crate::health::is_active(h))
+    }
 }
 
 /// Where a container is in its life.
@@ -269,6 +331,10 @@ pub struct ContainerState {
     pub manually_stopped: bool,
     /// Whether the container was ever started (drives `restarting` vs `created`).
     pub has_been_started: bool,
+    /// Health of a container with a healthcheck (reset to `starting` at every start); kept
+    /// after it stops, as Docker does.
+    #[serde(default)]
+    pub health: Option<Health>,
 }
 
 impl Default for ContainerState {
@@ -285,6 +351,7 @@ impl Default for ContainerState {
             restart_count: 0,
             manually_stopped: false,
             has_been_started: false,
+            health: None,
         }
     }
 }

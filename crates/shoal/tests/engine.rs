@@ -430,3 +430,77 @@ fn tcp_listener_detached_exec_and_udp_ports() {
     assert!(wait_until(Duration::from_secs(5), || d.docker(["exec", "udp", "cat", "/tmp/x"]).stdout == b"detached\n"));
     d.docker_ok(["rm", "-f", "udp"]);
 }
+
+/// Healthchecks like dockerd: `(health: starting)` → `unhealthy` after `retries` failures →
+/// `healthy` once the probe passes; inspect, `ps --filter health=`, events, probe timeouts,
+/// `--no-healthcheck`, a restart resets to `starting`, and a re-adopted container keeps probing
+/// after the daemon was killed.
+#[test]
+fn healthchecks_like_docker() {
+    if !root() {
+        return;
+    }
+    let mut d = start_daemon("shoal-health");
+    load(&d, &TestImage::busybox().docker_archive());
+    let status = |d: &Daemon, name: &str| d.docker_ok(["ps", "-a", "--filter", &format!("name={name}"), "--format", "{{.Status}}"]).trim().to_string();
+    let health_filter = |d: &Daemon, value: &str| d.docker_ok(["ps", "--filter", &format!("health={value}"), "--format", "{{.Names}}"]);
+
+    let id = d
+        .docker_ok(["run", "-d", "--health-cmd", "test -f /tmp/ok", "--health-interval", "500ms", "--health-retries", "2", "--name", "hc", "busybox", "sleep", "1000"])
+        .trim()
+        .to_string();
+    let s = status(&d, "hc");
+    assert!(s.starts_with("Up ") && s.ends_with("(health: starting)"), "{s}");
+    assert_eq!(d.docker_ok(["inspect", "-f", "{{.State.Health.Status}}", "hc"]).trim(), "starting");
+    let cfg = d.docker_ok(["inspect", "-f", "{{json .Config.Healthcheck}}", "hc"]);
+    assert_eq!(cfg.trim(), r#"{"Test":["CMD-SHELL","test -f /tmp/ok"],"Interval":500000000,"Retries":2}"#);
+    assert!(wait_until(Duration::from_secs(10), || status(&d, "hc").ends_with("(unhealthy)")), "{}", status(&d, "hc"));
+    let streak: u32 = d.docker_ok(["inspect", "-f", "{{.State.Health.FailingStreak}}", "hc"]).trim().parse().unwrap();
+    assert!(streak >= 2, "{streak}");
+    let log = d.docker_ok(["inspect", "-f", "{{range .State.Health.Log}}{{.ExitCode}} {{end}}", "hc"]);
+    assert!(log.trim().split(' ').all(|c| c == "1") && log.trim().split(' ').count() >= 2, "{log}");
+    assert_eq!(health_filter(&d, "unhealthy").trim(), "hc");
+    assert_eq!(health_filter(&d, "healthy").trim(), "");
+
+    d.docker_ok(["exec", "hc", "touch", "/tmp/ok"]);
+    assert!(wait_until(Duration::from_secs(10), || status(&d, "hc").ends_with("(healthy)")), "{}", status(&d, "hc"));
+    assert_eq!(d.docker_ok(["inspect", "-f", "{{.State.Health.FailingStreak}}", "hc"]).trim(), "0");
+    assert_eq!(health_filter(&d, "healthy").trim(), "hc");
+    let until = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1);
+    let events = d.docker_ok(["events", "--since", "0", "--until", &until, "--filter", "event=health_status", "--format", "{{.Action}} {{.Actor.ID}}"]);
+    assert_eq!(events.lines().collect::<Vec<_>>(), vec![format!("health_status: unhealthy {id}"), format!("health_status: healthy {id}")], "{events}");
+
+    // A probe that outlives its timeout is killed and counts as a failure with Docker's text.
+    d.docker_ok(["run", "-d", "--health-cmd", "sleep 30", "--health-timeout", "300ms", "--health-interval", "200ms", "--health-retries", "1", "--name", "slow", "busybox", "sleep", "1000"]);
+    assert!(wait_until(Duration::from_secs(10), || status(&d, "slow").ends_with("(unhealthy)")), "{}", status(&d, "slow"));
+    let out = d.docker_ok(["inspect", "-f", "{{range .State.Health.Log}}{{.ExitCode}}|{{.Output}}{{end}}", "slow"]);
+    assert!(out.starts_with("-1|Health check exceeded timeout (300ms)"), "{out}");
+    d.docker_ok(["rm", "-f", "slow"]);
+
+    // --no-healthcheck: no probes, no health, filter `none`.
+    d.docker_ok(["run", "-d", "--no-healthcheck", "--name", "plain", "busybox", "sleep", "1000"]);
+    assert_eq!(d.docker_ok(["inspect", "-f", "{{json .Config.Healthcheck}} {{json .State.Health}}", "plain"]).trim(), r#"{"Test":["NONE"]} null"#);
+    let s = status(&d, "plain");
+    assert!(s.starts_with("Up ") && !s.contains('('), "{s}");
+    assert_eq!(health_filter(&d, "none").trim(), "plain");
+    fails_with(&d, &["ps", "--filter", "health=bogus"], "Unrecognised filter value for health: bogus");
+    fails_with(&d, &["run", "-d", "--health-cmd", "true", "--health-interval", "500us", "busybox", "true"], "Interval in Healthcheck cannot be less than 1ms");
+
+    // A restart resets the health to starting; the probe loop runs again.
+    d.docker_ok(["exec", "hc", "rm", "/tmp/ok"]);
+    assert!(wait_until(Duration::from_secs(10), || status(&d, "hc").ends_with("(unhealthy)")), "{}", status(&d, "hc"));
+    d.docker_ok(["kill", "hc"]);
+    assert!(wait_until(Duration::from_secs(10), || status(&d, "hc").starts_with("Exited")), "{}", status(&d, "hc"));
+    assert_eq!(d.docker_ok(["inspect", "-f", "{{.State.Health.Status}}", "hc"]).trim(), "unhealthy", "kept after the stop, as in Docker");
+    d.docker_ok(["start", "hc"]);
+    assert_eq!(d.docker_ok(["inspect", "-f", "{{.State.Health.Status}} {{.State.Health.FailingStreak}}", "hc"]).trim(), "starting 0");
+    assert!(wait_until(Duration::from_secs(10), || status(&d, "hc").ends_with("(unhealthy)")), "{}", status(&d, "hc"));
+
+    // kill -9 the daemon: the re-adopted container is probed again and its health persisted.
+    d.kill9();
+    d.restart();
+    assert!(status(&d, "hc").contains("(health: starting)") || status(&d, "hc").ends_with("(unhealthy)"), "{}", status(&d, "hc"));
+    d.docker_ok(["exec", "hc", "touch", "/tmp/ok"]);
+    assert!(wait_until(Duration::from_secs(10), || status(&d, "hc").ends_with("(healthy)")), "{}", status(&d, "hc"));
+    d.docker_ok(["rm", "-f", "hc", "plain"]);
+}

@@ -165,3 +165,49 @@ fn swarm_bad_input_gets_docker_errors() {
     assert!(d.ping());
     d.docker_ok(["swarm", "leave", "--force"]);
 }
+
+/// A service's healthcheck gates RUNNING (moby's container controller): a task whose probe never
+/// passes stays STARTING, its container is stopped and the task FAILS with moby's
+/// `ErrContainerUnhealthy` cause; a task whose probe passes becomes RUNNING and converges.
+#[test]
+fn swarm_healthchecks_gate_running() {
+    if !root() {
+        return;
+    }
+    let d = start("shoal-swarm-health");
+    d.docker_ok(["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+
+    d.docker_ok([
+        "service", "create", "-d", "--name", "sick", "--health-cmd", "false", "--health-interval", "300ms", "--health-retries", "1",
+        "--stop-grace-period", "1s", "busybox", "sleep", "1000",
+    ]);
+    // Every (state, error) seen while polling, e.g. ("Starting", "") or ("Failed", "\"task: …\"").
+    let mut seen = std::collections::BTreeSet::new();
+    let failed = wait_until(Duration::from_secs(20), || {
+        let lines = d.docker_ok(["service", "ps", "--no-trunc", "sick", "--format", "{{.CurrentState}}|{{.Error}}"]);
+        for l in lines.lines() {
+            let (state, err) = l.split_once('|').unwrap_or((l, ""));
+            seen.insert((state.split(' ').next().unwrap_or_default().to_string(), err.trim_matches('"').to_string()));
+        }
+        seen.contains(&("Failed".to_string(), "task: non-zero exit (137): dockerexec: unhealthy container".to_string()))
+    });
+    assert!(failed, "no task failed as unhealthy: {seen:?}");
+    assert!(seen.iter().any(|(s, _)| s == "Starting"), "tasks wait in STARTING: {seen:?}");
+    assert!(!seen.iter().any(|(s, _)| s == "Running"), "an unhealthy task was reported RUNNING: {seen:?}");
+    assert!(seen.iter().all(|(s, e)| s != "Failed" || e.ends_with(": dockerexec: unhealthy container")), "{seen:?}");
+    assert_eq!(running_tasks(&d, "sick"), 0);
+    d.docker_ok(["service", "rm", "sick"]);
+
+    let out = d.docker_ok([
+        "service", "create", "--name", "fine", "--health-cmd", "true", "--health-interval", "300ms", "--update-monitor", "1s", "busybox", "sleep",
+        "1000",
+    ]);
+    assert!(out.contains("converged"), "{out}");
+    assert_eq!(running_tasks(&d, "fine"), 1);
+    let names = task_containers(&d, "fine");
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(d.docker_ok(["inspect", "-f", "{{.State.Health.Status}}", &names[0]]).trim(), "healthy");
+    d.docker_ok(["service", "rm", "fine"]);
+    assert!(wait_until(Duration::from_secs(20), || task_containers(&d, "fine").is_empty() && task_containers(&d, "sick").is_empty()));
+    d.docker_ok(["swarm", "leave", "--force"]);
+}
