@@ -298,6 +298,24 @@ impl Engine {
         self.emit("container", action, &record.id, attributes);
     }
 
+    /// Removes this daemon's (empty) cgroup parent in every hierarchy once no container is left,
+    /// so a daemon leaves no cgroup behind. A non-empty parent is simply kept.
+    pub(crate) fn remove_cgroup_parent(&self) {
+        let parent = &self.inner.cgroup_parent;
+        let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+        let mut candidates = vec![std::path::PathBuf::from("/sys/fs/cgroup").join(parent)];
+        for entry in entries.flatten() {
+            candidates.push(entry.path().join(parent));
+        }
+        for dir in candidates {
+            if dir.is_dir() {
+                if let Err(e) = std::fs::remove_dir(&dir) {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cgroup parent kept");
+                }
+            }
+        }
+    }
+
     pub(crate) fn persist(&self, record: &ContainerRecord) -> Result<()> {
         persist::write_json_atomic(&self.dirs(&record.id).record(), record)
     }

@@ -750,7 +750,14 @@ impl Engine {
         .await
         .map_err(|e| EngineError::Internal(format!("removing {id}: {e}")))??;
         let snapshot = c.snapshot();
-        lock(&self.inner.containers).remove(&id);
+        let none_left = {
+            let mut containers = lock(&self.inner.containers);
+            containers.remove(&id);
+            containers.is_empty()
+        };
+        if none_left {
+            self.remove_cgroup_parent();
+        }
         lock(&self.inner.execs).retain(|_, e| e.container_id != id);
         *lock(&c.removed) = true;
         c.notify();

@@ -164,6 +164,13 @@ fn run_rm_prints_and_cleans_up() {
     let events = d.docker_ok(["events", "--since", "0", "--until", &until, "--filter", "type=container", "--filter", "event=create", "--filter", "event=start", "--filter", "event=die", "--filter", "event=destroy", "--format", "{{.Action}} {{.Actor.Attributes.name}}"]);
     let lab: Vec<&str> = events.lines().filter(|l| l.ends_with(" lab") || l.ends_with(" lab2")).collect();
     assert_eq!(lab, vec!["create lab", "start lab", "die lab2", "destroy lab2"], "{events}");
+    // With its last container gone the daemon leaves no cgroup of its own behind.
+    assert!(d.docker_ok(["ps", "-aq"]).trim().is_empty());
+    let cg = d.cgroup_name();
+    for hierarchy in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+        let dir = format!("{hierarchy}/{cg}");
+        assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+    }
 }
 
 #[test]
