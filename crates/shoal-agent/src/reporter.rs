@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use crate::control::ControlPlane;
 
 /// How long the reporter gathers statuses before sending a batch.
-pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
+pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The sending side handed to task controllers.
