@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
+mod lab;
+
 #[derive(Parser)]
 #[command(name = "shoal", version, about = "Docker Swarm mode rebuilt in Rust: a container engine and swarm node in one binary")]
 struct Cli {
@@ -23,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run the node daemon (container engine + Docker Engine API).
     Daemon(DaemonArgs),
+    /// Run a multi-node swarm on this machine: one network namespace and daemon per node.
+    Lab(lab::LabArgs),
 }
 
 #[derive(Parser)]
@@ -59,6 +63,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Daemon(args) => run_daemon(args),
+        Command::Lab(args) => lab::run(args),
     };
     if let Err(e) = result {
         eprintln!("shoal: {e:#}");
