@@ -127,45 +127,50 @@ impl ControlPlane for LocalControlPlane {
     }
 
     fn report(&self, updates: Vec<(String, TaskStatus)>) -> BoxFuture<'_, Result<(), ControlError>> {
-        Box::pin(async move {
-            let node = self.node_id.clone();
-            let mut attempt = 0;
-            loop {
-                let updates = updates.clone();
-                let node = node.clone();
-                let r = self
-                    .store
-                    .update(move |tx| {
-                        for (id, status) in updates {
-                            let Some(mut t) = tx.get::<Task>(&id) else { continue };
-                            if t.node_id != *node || status.state < t.status.state {
-                                continue;
-                            }
-                            let mut cur = t.status.clone();
-                            cur.timestamp = status.timestamp;
-                            if cur == status {
-                                continue; // nothing new
-                            }
-                            t.status = status;
-                            tx.update(t)?;
-                        }
-                        Ok(())
-                    })
-                    .await;
-                match r {
-                    Ok(()) => return Ok(()),
-                    Err(StoreError::SequenceConflict) if attempt < 5 => {
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+        Box::pin(record_status(&self.store, &self.node_id, updates))
+    }
+}
+
+/// Records task statuses observed by `node` (the one rule set shared by the local control plane
+/// and the dispatcher's `/v1/status`): a status is ignored when its task is unknown, assigned to
+/// another node, or when it would move the task backwards; an unchanged status is not rewritten.
+/// Retries on write conflicts; `NotLeader` is [`ControlError::Unavailable`].
+pub async fn record_status(store: &Store, node: &str, updates: Vec<(String, TaskStatus)>) -> Result<(), ControlError> {
+    let node: Arc<str> = Arc::from(node);
+    let mut attempt = 0;
+    loop {
+        let updates = updates.clone();
+        let node = node.clone();
+        let r = store
+            .update(move |tx| {
+                for (id, status) in updates {
+                    let Some(mut t) = tx.get::<Task>(&id) else { continue };
+                    if t.node_id != *node || status.state < t.status.state {
+                        continue;
                     }
-                    Err(e @ StoreError::NotLeader) => return Err(ControlError::Unavailable(e.to_string())),
-                    Err(e) => {
-                        warn!(error = %e, "recording task status failed");
-                        return Err(ControlError::Failed(e.to_string()));
+                    let mut cur = t.status.clone();
+                    cur.timestamp = status.timestamp;
+                    if cur == status {
+                        continue; // nothing new
                     }
+                    t.status = status;
+                    tx.update(t)?;
                 }
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => return Ok(()),
+            Err(StoreError::SequenceConflict) if attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
             }
-        })
+            Err(e @ StoreError::NotLeader) => return Err(ControlError::Unavailable(e.to_string())),
+            Err(e) => {
+                warn!(error = %e, "recording task status failed");
+                return Err(ControlError::Failed(e.to_string()));
+            }
+        }
     }
 }
 

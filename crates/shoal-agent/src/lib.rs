@@ -22,6 +22,7 @@
 
 mod control;
 mod controller;
+pub mod remote;
 pub mod reporter;
 pub mod spec;
 pub mod state;
@@ -36,7 +37,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
-pub use control::{Assignment, ControlError, ControlPlane, LocalControlPlane};
+pub use control::{record_status, Assignment, ControlError, ControlPlane, LocalControlPlane};
+pub use remote::RemoteControlPlane;
 pub use spec::TemplateContext;
 
 use controller::{task_containers, Controller};

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use shoal_swarm::{control, ErrorKind, SwarmError};
-use shoal_types::{InitRequest, Node, NodeSpec, Service, ServiceSpec, SwarmSpec, Task, TaskState};
+use shoal_types::{InitRequest, JoinRequest, Node, NodeSpec, Service, ServiceSpec, SwarmSpec, Task, TaskState};
 
 use crate::filters::Filters;
 use crate::http::{self, ApiError, ApiResult, Query};
@@ -50,14 +50,10 @@ pub async fn init(state: &ApiState, req: Request<Incoming>) -> ApiResult {
     Ok(http::json(StatusCode::OK, &node_id))
 }
 
-pub async fn join(state: &ApiState, _req: Request<Incoming>) -> ApiResult {
-    if state.swarm.node_id().is_some() {
-        return Err(SwarmError::AlreadyInSwarm.into());
-    }
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "joining an existing swarm is not supported by this daemon yet; run \"docker swarm init\" to start a single-node swarm",
-    ))
+pub async fn join(state: &ApiState, req: Request<Incoming>) -> ApiResult {
+    let body: JoinRequest = http::read_json(req.into_body()).await?;
+    state.swarm.join(body).await?;
+    Ok(http::empty(StatusCode::OK))
 }
 
 pub async fn leave(state: &ApiState, req: Request<Incoming>) -> ApiResult {

@@ -1,42 +1,32 @@
 //! The cluster's root certificate authority and the join tokens derived from it.
 //!
-//! The root CA is created at `swarm init` (ECDSA P-256, CN `swarm-ca`, 20 years, like swarmkit)
-//! and kept in the store with the cluster so any manager can sign after a failover. Join tokens
-//! carry the SHA-256 digest of the root certificate so a joining node can check it is talking to
-//! the right cluster before trusting it (issue 4 uses this for mutual TLS).
+//! The root CA ([`shoal_rpc::RootCa`]: ECDSA P-256, CN `swarm-ca`, 20 years, like swarmkit) is
+//! created at `swarm init` and kept in the store with the cluster (`Cluster.store_only`) so any
+//! manager can sign after a failover. Join tokens carry the SHA-256 digest of the root
+//! certificate so a joining node checks it is talking to the right cluster before trusting it.
 
-use sha2::{Digest, Sha256};
+use shoal_rpc::RootCa;
 
 use crate::error::{Result, SwarmError};
 
-/// A freshly generated root CA.
-pub struct RootCa {
-    pub cert_pem: String,
-    pub key_pem: String,
-    pub digest: [u8; 32],
+pub fn generate_root_ca() -> Result<RootCa> {
+    RootCa::generate().map_err(|e| SwarmError::Internal(format!("generating the root CA: {e}")))
 }
 
-pub fn generate_root_ca() -> Result<RootCa> {
-    let internal = |e: rcgen::Error| SwarmError::Internal(format!("generating the root CA: {e}"));
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(internal)?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(internal)?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "swarm-ca");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
-    let now = std::time::SystemTime::now();
-    params.not_before = (now - std::time::Duration::from_secs(3600)).into();
-    params.not_after = (now + std::time::Duration::from_secs(630_720_000)).into();
-    let cert = params.self_signed(&key).map_err(internal)?;
-    let digest: [u8; 32] = Sha256::digest(cert.der().as_ref()).into();
-    Ok(RootCa { cert_pem: cert.pem(), key_pem: key.serialize_pem(), digest })
+/// The root CA kept in the cluster object.
+pub fn load_root_ca(cluster: &shoal_types::Cluster) -> Result<RootCa> {
+    let secrets = cluster
+        .store_only
+        .as_ref()
+        .ok_or_else(|| SwarmError::Internal("the cluster has no root CA".into()))?;
+    RootCa::from_pem(&secrets.root_ca_cert_pem, &secrets.root_ca_key_pem)
+        .map_err(|e| SwarmError::Internal(format!("loading the root CA: {e}")))
 }
 
 /// The SHA-256 of the DER inside a PEM certificate.
 pub fn cert_digest(cert_pem: &str) -> Result<[u8; 32]> {
-    let body: String = cert_pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = shoal_types::ids::base64_decode(&body)
-        .ok_or_else(|| SwarmError::Internal("the stored root CA certificate is not valid PEM".into()))?;
-    Ok(Sha256::digest(&der).into())
+    shoal_rpc::pki::cert_digest(cert_pem)
+        .map_err(|e| SwarmError::Internal(format!("the stored root CA certificate is not valid: {e}")))
 }
 
 /// A new join token for this CA.
@@ -51,12 +41,13 @@ mod tests {
     #[test]
     fn tokens_carry_the_ca_digest() {
         let ca = generate_root_ca().unwrap();
-        assert_eq!(cert_digest(&ca.cert_pem).unwrap(), ca.digest);
-        let token = new_join_token(&ca.digest);
+        assert_eq!(cert_digest(ca.cert_pem()).unwrap(), ca.digest());
+        let token = new_join_token(&ca.digest());
         assert!(token.starts_with("SWMTKN-1-"));
-        let parsed = shoal_types::ids::parse_join_token(&token).unwrap();
-        let again = new_join_token(&ca.digest);
-        assert_ne!(token, again, "each token has its own secret");
-        let _ = parsed;
+        assert!(shoal_types::ids::parse_join_token(&token).is_some());
+        // The joining side checks the CA against the token with shoal-rpc's encoding.
+        let digest = shoal_rpc::pki::token_ca_digest(&token).unwrap();
+        shoal_rpc::verify_ca_digest(ca.cert_pem(), digest).unwrap();
+        assert_ne!(token, new_join_token(&ca.digest()), "each token has its own secret");
     }
 }
