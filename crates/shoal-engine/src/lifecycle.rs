@@ -488,7 +488,20 @@ impl Engine {
         .flatten();
         let this = self.clone();
         let teardown_id = id.clone();
-        let _ = tokio::task::spawn_blocking(move || this.teardown(&teardown_id)).await;
+        // An --rm container's endpoint goes away with the container (in the background, see
+        // `remove_container`); everyone else's before the exit is reported, so a restart finds a
+        // clean slate.
+        let (keep_endpoint, ip) = {
+            let rec = c.lock();
+            (rec.config.host.auto_remove, rec.network.ip)
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            this.teardown_local(&teardown_id);
+            if !keep_endpoint {
+                this.teardown_endpoint(&teardown_id, ip);
+            }
+        })
+        .await;
         let (snapshot, restart_after) = {
             let mut rec = c.lock();
             match &exit {
@@ -508,7 +521,9 @@ impl Engine {
             rec.state.pid = 0;
             rec.state.shim_pid = 0;
             rec.network.ports.clear();
-            rec.network.ip = None;
+            if !keep_endpoint {
+                rec.network.ip = None;
+            }
             let restart = should_restart(&rec);
             rec.state.status = if restart.is_some() { Status::Restarting } else { Status::Exited };
             (rec.clone(), restart)
@@ -558,28 +573,33 @@ impl Engine {
     }
 
     /// Releases what a started container held: runtime state, network, rootfs mount.
-    fn teardown(&self, id: &str) {
+
+    /// The fast part of releasing a stopped container: runtime state, port rules, rootfs mount.
+    fn teardown_local(&self, id: &str) {
         let t = std::time::Instant::now();
         shoal_runtime::cleanup_stale(&self.runtime_root(), id);
-        let runtime_ms = t.elapsed().as_secs_f64() * 1e3;
         if let Err(e) = self.inner.net.unpublish(id) {
             warn!(container = %id, error = %e, "unpublishing ports failed");
         }
-        if let Ok(rec) = self.find(id).map(|c| c.snapshot()) {
-            if let Some(ip) = rec.network.ip {
-                self.inner.net.release_ip(ip);
-            }
-        }
-        if let Err(e) = self.inner.net.remove_endpoint(id) {
-            warn!(container = %id, error = %e, "removing the network endpoint failed");
-        }
-        let net_ms = t.elapsed().as_secs_f64() * 1e3 - runtime_ms;
         if let Err(e) = rootfs::unmount_rootfs(&self.dirs(id)) {
             warn!(container = %id, error = %e, "unmounting the rootfs failed");
         }
         let _ = std::fs::remove_dir_all(self.bundle_dir(id));
-        let total_ms = t.elapsed().as_secs_f64() * 1e3;
-        debug!(container = %id, runtime_ms, net_ms, fs_ms = total_ms - runtime_ms - net_ms, total_ms, "container torn down");
+        debug!(container = %id, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "container runtime state released");
+    }
+
+    /// Removes the container's network endpoint, then frees its IP (only then, so the address
+    /// is never handed out while the old veth still exists). Deleting a veth waits for the
+    /// kernel, which is why --rm containers do this off the critical path.
+    fn teardown_endpoint(&self, id: &str, ip: Option<std::net::Ipv4Addr>) {
+        let t = std::time::Instant::now();
+        if let Err(e) = self.inner.net.remove_endpoint(id) {
+            warn!(container = %id, error = %e, "removing the network endpoint failed");
+        }
+        if let Some(ip) = ip {
+            self.inner.net.release_ip(ip);
+        }
+        debug!(container = %id, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "network endpoint removed");
     }
 
     /// Sends a signal to the container's main process.
@@ -736,11 +756,12 @@ impl Engine {
             }
             _ => {}
         }
+        let ip = c.lock().network.ip;
         let this = self.clone();
         let rm_id = id.clone();
         tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
-            this.teardown(&rm_id);
+            this.teardown_local(&rm_id);
             let _ = std::fs::remove_dir_all(this.shim_dir(&rm_id));
             let dirs = this.dirs(&rm_id);
             let result = std::fs::remove_dir_all(&dirs.root).map_err(|e| EngineError::io(format!("removing {}", dirs.root.display()), e));
@@ -763,6 +784,9 @@ impl Engine {
         c.notify();
         info!(container = %id, "container removed");
         self.emit_container("destroy", &snapshot, &[]);
+        // The ID is gone for good, so the endpoint can finish going away in the background.
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.teardown_endpoint(&id, ip));
         Ok(())
     }
 
@@ -966,6 +990,19 @@ impl Engine {
                 _ => {
                     info!(container = %id, "container died while the daemon was down");
                     self.handle_exit(c).await;
+                }
+            }
+        }
+        // Endpoints of containers removed while their background cleanup was cut short.
+        if let Ok(entries) = std::fs::read_dir(&self.inner.cfg.bridge.netns_dir) {
+            let known: std::collections::HashSet<String> = lock(&self.inner.containers).keys().cloned().collect();
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.len() == 64 && !known.contains(&name) {
+                    info!(container = %name, "removing the endpoint of a removed container");
+                    if let Err(e) = self.inner.net.remove_endpoint(&name) {
+                        warn!(container = %name, error = %e, "removing a stale endpoint failed");
+                    }
                 }
             }
         }
