@@ -187,7 +187,13 @@ fn run_daemon(args: DaemonArgs) -> Result<()> {
         id: daemon_id(&data_root)?,
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Blocking-pool threads (filesystem, `ip`, shim spawns) carry their own stacks and malloc
+    // arenas; let idle ones go after 2 s rather than tokio's 10 s so a quiet daemon stays small.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let engine = shoal_engine::Engine::open(engine_cfg).await.context("starting the engine")?;
         let mut listeners = Vec::new();
