@@ -21,9 +21,8 @@ pub(crate) fn release_startup_memory() {
         // file mapping only removes page-table entries; later accesses fault the unchanged file
         // contents back in, so no data can be lost. No Rust reference points into a specific
         // physical page, only to virtual addresses that stay valid.
-        // MADV_RANDOM turns off fault-around for the mapping, so a later fault maps back one page
-        // rather than 64 KiB around it (a few scattered functions would otherwise pull most of the
-        // text back in).
+        // MADV_RANDOM asks the kernel not to fault pages back in 64 KiB batches (older kernels
+        // honour it for fault-around; newer ones only for readahead).
         unsafe {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
