@@ -71,33 +71,6 @@ pub fn cert_der_from_pem(cert_pem: &str) -> Result<CertificateDer<'static>> {
     CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(pki("parsing a PEM certificate"))
 }
 
-/// Lower-case base 36 of a big-endian unsigned integer, like Go's `big.Int.Text(36)`
-/// (the same encoding as `shoal_types::ids::base36`).
-fn base36(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut num: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
-    let mut digits = Vec::new();
-    while !num.is_empty() {
-        let mut rem: u32 = 0;
-        let mut out = Vec::with_capacity(num.len());
-        for &b in &num {
-            let cur = (rem << 8) | b as u32;
-            let q = cur / 36;
-            rem = cur % 36;
-            if !(out.is_empty() && q == 0) {
-                out.push(q as u8);
-            }
-        }
-        digits.push(ALPHABET[rem as usize]);
-        num = out;
-    }
-    if digits.is_empty() {
-        digits.push(b'0');
-    }
-    digits.reverse();
-    String::from_utf8(digits).expect("ascii")
-}
-
 /// SHA-256 of a certificate's DER.
 pub fn cert_digest(cert_pem: &str) -> Result<[u8; 32]> {
     Ok(Sha256::digest(cert_der_from_pem(cert_pem)?.as_ref()).into())
@@ -105,7 +78,7 @@ pub fn cert_digest(cert_pem: &str) -> Result<[u8; 32]> {
 
 /// A certificate's digest the way a join token carries it: base 36, zero-padded to 50 chars.
 pub fn digest_base36(digest: &[u8; 32]) -> String {
-    format!("{:0>50}", base36(digest))
+    format!("{:0>50}", shoal_types::ids::base36(digest))
 }
 
 /// The CA digest part of a `SWMTKN-1-<digest>-<secret>` join token, if it is well formed.
