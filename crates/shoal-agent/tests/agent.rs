@@ -371,7 +371,7 @@ fn runs_stops_and_removes_tasks() {
         let t0 = Instant::now();
         set_desired(&store, &t1.id, TaskState::Shutdown).await;
         let got = until_state(&store, &t1.id, TaskState::Shutdown).await;
-        assert!(t0.elapsed() < Duration::from_secs(4), "stop took {:?} (stop signal ignored?)", t0.elapsed());
+        assert!(t0.elapsed() < Duration::from_secs(9), "stop took {:?}: the stop signal was ignored and the 10 s grace period ran out", t0.elapsed());
         assert_eq!(got.status.message, "shutdown");
         assert_eq!(engine.inspect(&cs.container_id).unwrap().state.status, Status::Exited);
 

@@ -155,30 +155,6 @@ fn udp_roundtrip(ns: &Path, addr: &str) -> Result<String, String> {
     .unwrap()
 }
 
-/// Sends `bytes` through a connection from `ns` to `addr`; returns MB/s.
-fn throughput(ns: &Path, addr: &str, bytes: usize) -> f64 {
-    let (ns, addr) = (ns.to_path_buf(), addr.parse::<SocketAddr>().unwrap());
-    std::thread::spawn(move || {
-        enter(&ns);
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-        let mut line = String::new();
-        BufReader::new(&s).read_line(&mut line).unwrap();
-        let buf = vec![7u8; 256 * 1024];
-        let t = Instant::now();
-        let mut sent = 0;
-        while sent < bytes {
-            s.write_all(&buf).unwrap();
-            sent += buf.len();
-        }
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest); // server closes after draining
-        sent as f64 / 1e6 / t.elapsed().as_secs_f64()
-    })
-    .join()
-    .unwrap()
-}
-
 fn can_run() -> bool {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipping: needs root");
@@ -318,14 +294,9 @@ fn bridge_end_to_end() {
     drop(tx);
     holder.join().unwrap();
 
-    // throughput: direct vs published (kernel DNAT)
-    let mb = 256 << 20;
-    let best = |ns: &Path, addr: &str| (0..3).map(|_| throughput(ns, addr, mb)).fold(0.0, f64::max);
-    let direct = best(&host_ns, "172.29.0.2:80");
-    let via_lo = best(&host_ns, "127.0.0.1:8080");
-    let via_client = best(&client_ns, "10.213.7.1:8080");
-    eprintln!("throughput MB/s: direct {direct:.0}, via 127.0.0.1 {via_lo:.0}, from client via DNAT {via_client:.0}");
-    assert!(via_lo >= 0.6 * direct, "published path much slower than direct");
+    // Throughput (published vs direct) is measured by bench/run.sh, not asserted here: timing
+    // assertions make a suite flaky.
+
 
     // per-endpoint setup cost
     let n = 10;
@@ -346,7 +317,6 @@ fn bridge_end_to_end() {
     eprintln!(
         "timing: first create_endpoint {first_ms:.1} ms, avg create {avg_create:.1} ms, avg remove {avg_remove:.1} ms, publish {publish_ms:.1} ms"
     );
-    assert!(avg_create < 50.0);
 
     // simulated daemon restart: new instance, table re-rendered empty, then restore
     let c4 = cfg.clone();
