@@ -2,6 +2,7 @@
 # shoal vs Docker Engine (Debian docker.io) side by side. Run as root:  sudo bench/run.sh
 # Env: RUNS (default 20) WARMUP (3) WRK_DURATION (10s) SKIP_DOCKER=1 SKIP_INSTALL=1 SKIP_BUILD=1 KEEP_LOGS=DIR
 set -euo pipefail
+. "$(dirname "$(readlink -f "$0")")/common.sh"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -15,7 +16,6 @@ HELPER="python3 $HERE/helper.py"
 [ "$(id -u)" = 0 ] || { echo "run as root (sudo $0)" >&2; exit 1; }
 [ -x "$CLI" ] || { echo "$CLI (docker 28.x CLI) missing" >&2; exit 1; }
 
-log() { printf '\n== %s\n' "$*" >&2; }
 
 # ---------------------------------------------------------------- 1. install
 if [ -z "${SKIP_INSTALL:-}" ]; then
@@ -68,14 +68,6 @@ SHOAL_CG=shoal-$(printf '%s' "$W/shoal-data" | sha256sum | cut -c1-8)
 SHOAL_PID=; DOCKERD_PID=
 pre_docker_cg=$(ls -d /sys/fs/cgroup/*/docker /sys/fs/cgroup/docker 2>/dev/null || true)
 
-cg_dirs() { for m in $(awk '$9=="cgroup"||$9=="cgroup2"{print $5}' /proc/self/mountinfo); do [ -d "$m/$1" ] && echo "$m/$1"; done; true; }
-kill_wait() { # pid timeout_s: SIGTERM, then SIGKILL
-  local p=$1 t=${2:-20} i
-  [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 0
-  kill -TERM "$p" 2>/dev/null || true
-  for ((i = 0; i < t * 10; i++)); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null || true; sleep 0.2
-}
 cleanup() {
   set +e
   trap - EXIT INT TERM
@@ -89,28 +81,7 @@ cleanup() {
   done
   kill_wait "$SHOAL_PID" 20
   kill_wait "$DOCKERD_PID" 30
-  # leftover shims/containerd of this run (cmdline mentions $W), then container processes in our cgroups
-  for p in $($HELPER pids shoal "$W") $($HELPER pids docker "$W"); do kill -KILL "$p" 2>/dev/null; done
-  for cg in "$SHOAL_CG" "$DOCKER_CG"; do
-    for d in $(cg_dirs "$cg"); do
-      find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | while read -r p; do kill -KILL "$p" 2>/dev/null; done
-    done
-  done
-  sleep 0.5
-  for cg in "$SHOAL_CG" "$DOCKER_CG"; do
-    for d in $(cg_dirs "$cg"); do find "$d" -depth -type d -exec rmdir {} + 2>/dev/null; done
-  done
-  # "docker" cgroups created by this run (only if they did not exist before and are empty)
-  for d in /sys/fs/cgroup/*/docker /sys/fs/cgroup/docker; do
-    [ -d "$d" ] && ! grep -qx "$d" <<<"$pre_docker_cg" && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
-  done
-  # mounts under $W, deepest first
-  for _ in 1 2 3 4 5; do
-    mps=$(awk -v w="$W" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | awk '{print length, $0}' | sort -rn | cut -d' ' -f2-)
-    [ -z "$mps" ] && break
-    for m in $mps; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
-  done
-  for ns in $NS_SC $NS_DC $NS_S $NS_D; do ip netns del "$ns" 2>/dev/null; done
+  cleanup_leftovers
   if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS"; cp -r "$W"/*.log "$W/res" "$KEEP_LOGS"/ 2>/dev/null; fi
   [ -z "$(awk -v w="$W" 'index($5, w) == 1' /proc/self/mountinfo)" ] && rm -rf --one-file-system "$W"
   [ -d "$W" ] && echo "WARNING: $W left behind (mounts?)" >&2
@@ -133,16 +104,6 @@ for pair in "$NS_S $NS_SC" "$NS_D $NS_DC"; do
   ip netns exec "$1" sysctl -qw net.ipv4.ip_forward=1
 done
 
-dk() { local e=$1; shift; $CLI -H "unix://$W/$e.sock" "$@"; }
-wait_sock() { # engine pid
-  local i
-  for ((i = 0; i < 300; i++)); do
-    dk "$1" version >/dev/null 2>&1 && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 
 start_shoal() {
   nsenter --net=/run/netns/$NS_S "$SHOAL" daemon -H "unix://$W/shoal.sock" \
@@ -167,7 +128,6 @@ daemon_pids() { # engine -> the daemon pid(s) whose memory counts as "daemon"
   fi
 }
 
-engine_fail() { echo "$*" >>"$W/res/$E-error.txt"; echo "[$E] $*" >&2; }
 
 bench_engine() {
   local E=$1 NSD NSC

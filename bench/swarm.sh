@@ -3,6 +3,7 @@
 # Env: RUNS (default 3) REPLICAS (30) NCREATE (200) POLL (0.1 s) SKIP_DOCKER=1 SKIP_BUILD=1
 #      SKIP_CARGO_BENCH=1 KEEP_LOGS=DIR OUT_DIR=DIR (default bench/results)  SHOAL_LOG (RUST_LOG for the shoal daemon)
 set -euo pipefail
+. "$(dirname "$(readlink -f "$0")")/common.sh"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -27,7 +28,6 @@ if [ -z "${SKIP_DOCKER:-}" ]; then
   done
 fi
 
-log() { printf '\n== %s\n' "$*" >&2; }
 
 # ---------------------------------------------------------------- build
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -56,15 +56,6 @@ SHOAL_PID=; DOCKERD_PID=
 pre_docker_cg=$(ls -d /sys/fs/cgroup/*/docker /sys/fs/cgroup/docker 2>/dev/null || true)
 pre_run_docker=$([ -e /run/docker ] && echo 1 || true)
 
-cg_dirs() { for m in $(awk '$9=="cgroup"||$9=="cgroup2"{print $5}' /proc/self/mountinfo); do [ -d "$m/$1" ] && echo "$m/$1"; done; true; }
-kill_wait() { # pid timeout_s: SIGTERM, then SIGKILL
-  local p=$1 t=${2:-20} i
-  [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 0
-  kill -TERM "$p" 2>/dev/null || true
-  for ((i = 0; i < t * 10; i++)); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null || true; sleep 0.2
-}
-dk() { local e=$1; shift; $CLI -H "unix://$W/$e.sock" "$@"; }
 swarm_teardown() { # engine: services, swarm, containers (daemon still running)
   local e=$1 s ids
   s=$(timeout 30 $CLI -H unix://$W/$e.sock service ls -q 2>/dev/null) || true
@@ -84,27 +75,7 @@ cleanup() {
   done
   kill_wait "$SHOAL_PID" 20
   kill_wait "$DOCKERD_PID" 30
-  # leftover shims/containerd of this run (cmdline mentions $W), then container processes in our cgroups
-  for p in $($HELPER pids shoal "$W") $($HELPER pids docker "$W"); do kill -KILL "$p" 2>/dev/null; done
-  for cg in "$SHOAL_CG" "$DOCKER_CG"; do
-    for d in $(cg_dirs "$cg"); do
-      find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | while read -r p; do kill -KILL "$p" 2>/dev/null; done
-    done
-  done
-  sleep 0.5
-  for cg in "$SHOAL_CG" "$DOCKER_CG"; do
-    for d in $(cg_dirs "$cg"); do find "$d" -depth -type d -exec rmdir {} + 2>/dev/null; done
-  done
-  for d in /sys/fs/cgroup/*/docker /sys/fs/cgroup/docker; do
-    [ -d "$d" ] && ! grep -qx "$d" <<<"$pre_docker_cg" && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
-  done
-  # mounts under $W (incl. dockerd's swarm netns files under its exec-root), deepest first
-  for _ in 1 2 3 4 5; do
-    mps=$(awk -v w="$W" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | awk '{print length, $0}' | sort -rn | cut -d' ' -f2-)
-    [ -z "$mps" ] && break
-    for m in $mps; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
-  done
-  for ns in $NS_SC $NS_DC $NS_S $NS_D; do ip netns del "$ns" 2>/dev/null; done
+  cleanup_leftovers
   # dockerd creates /run/docker (plugins dir) even with --exec-root; remove it only if we made it and it is empty
   [ -z "$pre_run_docker" ] && [ -d /run/docker ] && find /run/docker -depth -type d -empty -delete 2>/dev/null
   if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS"; cp -r "$W"/*.log "$W/res" "$KEEP_LOGS"/ 2>/dev/null; fi
@@ -143,15 +114,6 @@ for pair in "$NS_S $NS_SC" "$NS_D $NS_DC"; do
   ip netns exec "$1" sysctl -qw net.ipv4.ip_forward=1
 done
 
-wait_sock() { # engine pid
-  local i
-  for ((i = 0; i < 300; i++)); do
-    dk "$1" version >/dev/null 2>&1 && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 start_shoal() {
   RUST_LOG=$SHOAL_LOG nsenter --net=/run/netns/$NS_S "$SHOAL" daemon -H "unix://$W/shoal.sock" \
     --data-root "$W/shoal-data" --exec-root "$W/sx" >"$W/shoal.log" 2>&1 &
@@ -165,7 +127,6 @@ start_docker() {
   DOCKERD_PID=$!
   wait_sock docker "$DOCKERD_PID" || { tail -30 "$W/docker.log" >&2; return 1; }
 }
-engine_fail() { echo "$*" >>"$W/res/$E-error.txt"; echo "[$E] $*" >&2; }
 
 bench_engine() {
   local E=$1 k
