@@ -22,6 +22,20 @@ wait_sock() { # engine pid
 }
 engine_fail() { echo "$*" >>"$W/res/$E-error.txt"; echo "[$E] $*" >&2; }
 
+# The run's work dir and the names of everything it creates. Keep $W short: shoal puts unix
+# sockets at <exec-root>/shim/<24 hex>/console.sock (108-byte limit; the daemon refuses longer).
+setup_workspace() { # prefix (sb, sw)
+  W=$(mktemp -d "/tmp/$1.XXXXXX")
+  chmod 755 "$W"
+  mkdir -p "$W/res"
+  ID=$(basename "$W" | tr -dc 'A-Za-z0-9' | tail -c 6)
+  NS_S=$1-$ID-s; NS_SC=$1-$ID-sc; NS_D=$1-$ID-d; NS_DC=$1-$ID-dc
+  DOCKER_CG=shoal-bench-docker-$ID
+  SHOAL_CG=shoal-$(printf '%s' "$W/shoal-data" | sha256sum | cut -c1-8)
+  SHOAL_PID=; DOCKERD_PID=
+  pre_docker_cg=$(ls -d /sys/fs/cgroup/*/docker /sys/fs/cgroup/docker 2>/dev/null || true)
+}
+
 # Everything a run may leave: processes naming $W, processes in our cgroups, the cgroups, dockerd's
 # "docker" cgroups made by this run, mounts under $W (deepest first), the namespaces.
 cleanup_leftovers() {

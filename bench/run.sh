@@ -57,16 +57,7 @@ if [ ! -f "$IMGDIR/busybox/docker-archive.tar" ] || [ ! -f "$IMGDIR/nginx/docker
 fi
 
 # ---------------------------------------------------------------- workspace + cleanup
-# Keep $W short: shoal puts unix sockets at <exec-root>/shim/<64-hex id>/attach.sock (108-byte limit).
-W=$(mktemp -d /tmp/sb.XXXXXX)
-chmod 755 "$W"
-mkdir -p "$W/res"
-ID=$(basename "$W" | tr -dc 'A-Za-z0-9' | tail -c 6)
-NS_S=sb-$ID-s; NS_SC=sb-$ID-sc; NS_D=sb-$ID-d; NS_DC=sb-$ID-dc
-DOCKER_CG=shoal-bench-docker-$ID
-SHOAL_CG=shoal-$(printf '%s' "$W/shoal-data" | sha256sum | cut -c1-8)
-SHOAL_PID=; DOCKERD_PID=
-pre_docker_cg=$(ls -d /sys/fs/cgroup/*/docker /sys/fs/cgroup/docker 2>/dev/null || true)
+setup_workspace sb
 
 cleanup() {
   set +e
