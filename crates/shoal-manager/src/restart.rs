@@ -11,7 +11,9 @@
 //!    READY, so the agent may prepare it but not start it;
 //! 4. it is promoted to RUNNING once the old task stopped (waiting at most 1 minute; not at all
 //!    when the old task is already dead or its node is down) and the restart `Delay` (default
-//!    5 s, none on a drained node) elapsed after that.
+//!    5 s) elapsed after that. The delay only damps crash loops: a task moved off a drained or
+//!    down node did not fail by itself, so its replacement starts at once (swarmkit waits the
+//!    delay there too, which is most of its 36 s node-loss recovery).
 //!
 //! The history is in memory only, like swarmkit's: MaxAttempts counting restarts after a leader
 //! change. A task that fails while its own delayed start is pending is restarted only when that
@@ -192,8 +194,9 @@ impl RestartSupervisor {
         };
         new.desired_state = TaskState::Ready;
         let drained = node.is_some_and(|n| n.spec.availability == NodeAvailability::Drain);
-        let delay = if drained { Duration::ZERO } else { delay_of(task) };
-        let wait_stop = !(node.is_some_and(|n| n.status.state == NodeState::Down) || task.status.state > TaskState::Running);
+        let down = node.is_some_and(|n| n.status.state == NodeState::Down);
+        let delay = if drained || down { Duration::ZERO } else { delay_of(task) };
+        let wait_stop = !(down || task.status.state > TaskState::Running);
         self.record(&new, is_global, now);
         self.delayed.insert(
             new.id.clone(),
@@ -365,6 +368,25 @@ mod tests {
         let mut s2 = s.clone();
         s2.meta.version.index += 1;
         assert!(restart(&mut sup, &s2, &failed(&s2, "d", TaskState::Failed), now + Duration::from_secs(12)).is_some());
+    }
+
+    #[test]
+    fn task_on_a_down_node_is_replaced_without_delay() {
+        let now = Instant::now();
+        let mut sup = RestartSupervisor::default();
+        let s = svc(RestartPolicy { delay: Some(5_000_000_000), ..Default::default() });
+        let old = running(&s, "old", 1, "n1");
+        let mut n = node("n1");
+        n.status.state = NodeState::Down;
+        let RestartDecision::Restart { old: old_shut, replacement: Some(new) } =
+            sup.restart(&s, &old, Some(&n), Utc::now(), now)
+        else {
+            panic!("a task on a down node must be replaced")
+        };
+        let tasks: HashMap<String, Task> =
+            [(old_shut.id.clone(), old_shut.clone()), (new.id.clone(), new.clone())].into_iter().collect();
+        let lookup = |id: &str| tasks.get(id).map(|t| (t, Some(&n)));
+        assert_eq!(sup.due(now, lookup), vec![Due::Promote(new.id.clone())], "no restart delay, no wait for the old task");
     }
 
     #[test]

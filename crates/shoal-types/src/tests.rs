@@ -425,7 +425,7 @@ fn cluster_public_and_info() {
             "Name":"default","Labels":{},
             "Orchestration":{"TaskHistoryRetentionLimit":5},
             "Raft":{"SnapshotInterval":10000,"KeepOldSnapshots":0,"LogEntriesForSlowFollowers":500,"ElectionTick":10,"HeartbeatTick":1},
-            "Dispatcher":{"HeartbeatPeriod":5_000_000_000i64},
+            "Dispatcher":{"HeartbeatPeriod":1_000_000_000i64},
             "CAConfig":{"NodeCertExpiry":7_776_000_000_000_000i64},
             "TaskDefaults":{},
             "EncryptionConfig":{"AutoLockManagers":false}

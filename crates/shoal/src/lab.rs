@@ -2,14 +2,17 @@
 //!
 //! Layout of a lab called NAME with nodes `mgr1…`, `wrk1…`:
 //! - network namespace `shoal-NAME-hub` holding bridge `br0` (its own namespace, so the host's
-//!   iptables FORWARD policy and bridge netfilter never see lab traffic), and one namespace
+//!   iptables FORWARD policy and bridge netfilter never see lab traffic), the host's own veth
+//!   `shl<hash>` ↔ `h0` on `br0` with the subnet's last address (host traffic to the lab is
+//!   locally generated, so a DROP FORWARD policy does not apply), and one namespace
 //!   `shoal-NAME-<node>` per node with `lo` up and `eth0` (veth peer of `v<N>` on `br0`) carrying
 //!   `<subnet>.N/prefix`;
 //! - `/run/shoal-lab/NAME/lab.json` (everything the lab creates, written before it is created),
 //!   `/run/shoal-lab/NAME/<node>/{docker.sock,daemon.log,x/}` (socket, log, exec-root) and
 //!   `/var/lib/shoal-lab/NAME/<node>` (data-root);
 //! - one `shoal daemon` per node, started with `nsenter --net` (not `ip netns exec`, which
-//!   remounts /sys) in its own session.
+//!   remounts /sys) in its own session and its own UTS namespace whose hostname is the node's
+//!   name.
 //!
 //! `down` works from lab.json and, when that is missing or incomplete, from the naming
 //! conventions above, so it also cleans up after a crash half-way through `up`.
@@ -146,6 +149,23 @@ struct Lab {
     data_dir: PathBuf,
     exe: PathBuf,
     nodes: Vec<Node>,
+    /// This host's own link into the lab (`shl<hash>` here, `h0` on `br0`) and its address, so
+    /// `curl http://<node>:PORT/` works from the host's shell; None when the host already routes
+    /// the subnet (another lab?) or the subnet has no address left.
+    #[serde(default)]
+    host_link: Option<HostLink>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct HostLink {
+    ifname: String,
+    addr: Ipv4Addr,
+}
+
+/// `shl` + 8 hex digits of FNV-1a(lab name): unique per lab and within IFNAMSIZ.
+fn host_link_name(lab: &str) -> String {
+    let hash = lab.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    format!("shl{hash:08x}")
 }
 
 fn validate_name(name: &str) -> Result<()> {
@@ -252,6 +272,9 @@ fn plan(name: &str, managers: usize, workers: usize, subnet: &str, exe: &Path) -
         data_dir: Path::new(DATA_ROOT).join(name),
         exe: exe.to_path_buf(),
         nodes,
+        // The last address of the subnet, if no node takes it.
+        host_link: ((total as u64) < hosts)
+            .then(|| HostLink { ifname: host_link_name(name), addr: Ipv4Addr::from(u32::from(net) + hosts as u32) }),
     })
 }
 
@@ -292,6 +315,13 @@ fn find_in_path(prog: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).map(|d| d.join(prog)).find(|p| p.is_file())
 }
 
+/// True if this host's namespace already has a route or an address in `subnet`.
+fn host_routes(subnet: &str) -> Result<bool> {
+    let routes = ip_output(&["-4", "-o", "route", "show", "match", subnet])?;
+    let own = routes.lines().any(|l| !l.starts_with("default"));
+    Ok(own || !ip_output(&["-4", "-o", "addr", "show", "to", subnet])?.trim().is_empty())
+}
+
 fn check_tools() -> Result<()> {
     let missing: Vec<&str> = ["ip", "nsenter"].into_iter().filter(|t| find_in_path(t).is_none()).collect();
     if !missing.is_empty() {
@@ -323,12 +353,16 @@ fn lab_netns(name: &str) -> Vec<String> {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
+    ip_output(args).map(drop)
+}
+
+fn ip_output(args: &[&str]) -> Result<String> {
     let prog = find_in_path("ip").unwrap_or_else(|| PathBuf::from("ip"));
     let out = Command::new(prog).args(args).stdin(Stdio::null()).output().context("running ip (iproute2)")?;
     if !out.status.success() {
         bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn up(a: UpArgs) -> Result<()> {
@@ -380,6 +414,22 @@ fn build(lab: &mut Lab) -> Result<UpReport> {
     ip(&["-n", &lab.hub_netns, "link", "set", "lo", "up"])?;
     ip(&["-n", &lab.hub_netns, "link", "add", &lab.bridge, "type", "bridge"])?;
     ip(&["-n", &lab.hub_netns, "link", "set", &lab.bridge, "up"])?;
+    if let Some(link) = lab.host_link.clone() {
+        if host_routes(&lab.subnet)? {
+            eprintln!(
+                "warning: this host already routes {} (another lab?); reach the nodes from inside the lab with nsenter",
+                lab.subnet
+            );
+            lab.host_link = None;
+            lab.save()?;
+        } else {
+            let me = std::process::id().to_string();
+            ip(&["-n", &lab.hub_netns, "link", "add", "h0", "type", "veth", "peer", "name", &link.ifname, "netns", &me])?;
+            ip(&["-n", &lab.hub_netns, "link", "set", "h0", "master", &lab.bridge, "up"])?;
+            ip(&["addr", "add", &format!("{}/{}", link.addr, lab.prefix), "dev", &link.ifname])?;
+            ip(&["link", "set", &link.ifname, "up"])?;
+        }
+    }
     for n in &lab.nodes {
         let addr = format!("{}/{}", n.addr.context("node without an address")?, lab.prefix);
         ip(&["netns", "add", &n.netns])?;
@@ -413,10 +463,18 @@ fn build(lab: &mut Lab) -> Result<UpReport> {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: setsid is async-signal-safe; the child leaves our session so it outlives us.
+        // Each node gets its own UTS namespace named after it, so `docker node ls` shows mgr1,
+        // wrk2, … like separate hosts would.
+        let hostname = n.name.clone().into_bytes();
+        // SAFETY: between fork and exec the closure only makes async-signal-safe syscalls
+        // (setsid, unshare, sethostname) on memory allocated before the fork; the child leaves
+        // our session so it outlives us.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 || libc::unshare(libc::CLONE_NEWUTS) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -521,13 +579,17 @@ fn print_up(lab: &Lab, report: &UpReport) {
     }
     let _ = writeln!(out);
     let (first, other) = (&lab.nodes[0], lab.nodes.last().unwrap_or(&lab.nodes[0]));
-    let _ = writeln!(out, "Node ports are reachable inside the lab network, e.g. from {}:", first.name);
-    let _ = writeln!(
-        out,
-        "  nsenter --net={NETNS_DIR}/{} curl http://{}:PORT/",
-        first.netns,
-        other.addr.map(|a| a.to_string()).unwrap_or_default()
-    );
+    let other_addr = other.addr.map(|a| a.to_string()).unwrap_or_default();
+    match &lab.host_link {
+        Some(link) => {
+            let _ = writeln!(out, "This host is on the lab network as {} ({}): node ports answer here, e.g.", link.addr, link.ifname);
+            let _ = writeln!(out, "  curl http://{other_addr}:PORT/");
+        }
+        None => {
+            let _ = writeln!(out, "Node ports are reachable inside the lab network, e.g. from {}:", first.name);
+            let _ = writeln!(out, "  nsenter --net={NETNS_DIR}/{} curl http://{other_addr}:PORT/", first.netns);
+        }
+    }
     let _ = writeln!(out, "Daemon logs: {}/<node>/daemon.log", lab.dir.display());
     let _ = writeln!(out, "Remove everything: shoal lab down --name {}", lab.name);
     print!("{out}");
@@ -651,6 +713,7 @@ fn discover(name: &str) -> Result<Option<Lab>> {
         data_dir: Path::new(DATA_ROOT).join(name),
         exe: PathBuf::new(),
         nodes: Vec::new(),
+        host_link: None,
     });
     for n in found {
         if lab.nodes.iter().all(|x| x.name != n) {
@@ -738,7 +801,15 @@ fn down(name: &str) -> Result<()> {
             }
         }
     }
-    // 5. Namespaces: the nodes', then the hub (which takes the veths and the bridge with it).
+    // 5. The host link (it would also go with the hub namespace, but a crash may have left the
+    //    host side alone), then the namespaces: the nodes', then the hub (which takes the veths
+    //    and the bridge with it).
+    let host_if = lab.host_link.as_ref().map(|l| l.ifname.clone()).unwrap_or_else(|| host_link_name(name));
+    if Path::new("/sys/class/net").join(&host_if).exists() {
+        if let Err(e) = ip(&["link", "del", &host_if]) {
+            problems.push(format!("{e:#}"));
+        }
+    }
     for ns in lab.nodes.iter().map(|n| n.netns.clone()).chain([lab.hub_netns.clone()]).chain(lab_netns(name)) {
         if Path::new(NETNS_DIR).join(&ns).exists() {
             if let Err(e) = ip(&["netns", "del", &ns]) {
