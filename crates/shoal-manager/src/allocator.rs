@@ -4,13 +4,14 @@
 //! A service's `Endpoint` records the `EndpointSpec` it was allocated for and its ports with
 //! `PublishedPort` filled in: ingress ports with `PublishedPort` 0 get one from the dynamic range
 //! 30000–32767, unique cluster-wide per protocol (a port allocated before is kept across
-//! updates); host-mode ports are copied as they are (the node binds them). VIPs and overlay
-//! addresses come later (`VirtualIPs` stays empty). A task goes NEW → PENDING once its service is
-//! allocated.
+//! updates); host-mode ports are copied as they are (the node binds them). `VirtualIPs` has one
+//! address per network the service's tasks join ([`task_networks`]) in VIP mode; the addresses
+//! themselves come from [`crate::netalloc`]. A task goes NEW → PENDING once its service is
+//! allocated and it has its own overlay addresses.
 
 use std::collections::HashSet;
 
-use shoal_types::{Endpoint, EndpointSpec, PortConfig, PortProtocol, PublishMode, Service, ServiceSpec};
+use shoal_types::{Endpoint, EndpointSpec, PortConfig, PortProtocol, PublishMode, ResolutionMode, Service, ServiceSpec};
 
 use crate::error::ManagerError;
 
@@ -64,10 +65,44 @@ pub fn wanted_spec(service: &Service) -> EndpointSpec {
     service.spec.endpoint_spec.clone().unwrap_or_default()
 }
 
-/// True if the service's `Endpoint` was not allocated for its current spec.
-pub fn needs_allocation(service: &Service) -> bool {
+/// True if the service publishes ports through the routing mesh.
+pub fn uses_ingress(service: &Service) -> bool {
+    wanted_spec(service).ports.iter().any(|p| p.publish_mode == PublishMode::Ingress)
+}
+
+/// The overlay networks (IDs) a task of `service` joins: the ingress network when the service
+/// publishes ingress ports, then the networks of its task template, without duplicates.
+pub fn task_networks(service: &Service, ingress_id: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if let Some(i) = ingress_id.filter(|_| uses_ingress(service)) {
+        out.push(i.to_string());
+    }
+    let spec_nets = service.spec.task_template.networks.iter().chain(service.spec.networks.iter());
+    for n in spec_nets {
+        if !n.target.is_empty() && !out.contains(&n.target) {
+            out.push(n.target.clone());
+        }
+    }
+    out
+}
+
+/// The networks (IDs) the service needs a VIP on: all its task networks in VIP mode, none with
+/// DNS round robin.
+pub fn vip_networks(service: &Service, ingress_id: Option<&str>) -> Vec<String> {
+    match wanted_spec(service).mode {
+        ResolutionMode::Dnsrr => Vec::new(),
+        _ => task_networks(service, ingress_id),
+    }
+}
+
+/// True if the service's `Endpoint` was not allocated for its current spec (ports or VIPs).
+pub fn needs_allocation(service: &Service, ingress_id: Option<&str>) -> bool {
     let want = wanted_spec(service);
-    service.endpoint.spec != want || service.endpoint.ports.len() != want.ports.len()
+    let mut have: Vec<&str> = service.endpoint.virtual_ips.iter().map(|v| v.network_id.as_str()).collect();
+    have.sort_unstable();
+    let mut vips = vip_networks(service, ingress_id);
+    vips.sort_unstable();
+    service.endpoint.spec != want || service.endpoint.ports.len() != want.ports.len() || have != vips
 }
 
 /// Allocate the endpoint of `service`; `others` are every other service (their allocated ingress
@@ -167,9 +202,9 @@ mod tests {
     #[test]
     fn dynamic_ports_are_unique_and_stable() {
         let mut a = svc("a", "a", &[(80, 0, PublishMode::Ingress), (443, 0, PublishMode::Ingress)]);
-        assert!(needs_allocation(&a));
+        assert!(needs_allocation(&a, None));
         a.endpoint = allocate_endpoint(&a, &[]).unwrap();
-        assert!(!needs_allocation(&a));
+        assert!(!needs_allocation(&a, None));
         let pa: Vec<u32> = a.endpoint.ports.iter().map(|p| p.published_port).collect();
         assert_eq!(pa, vec![30000, 30001]);
         let mut b = svc("b", "b", &[(80, 0, PublishMode::Ingress), (81, 30002, PublishMode::Ingress)]);
@@ -178,7 +213,7 @@ mod tests {
         assert_eq!(pb, vec![30003, 30002], "explicit ports are taken first");
         // An update adding a port keeps the earlier allocation.
         a.spec.endpoint_spec.as_mut().unwrap().ports.push(PortConfig { target_port: 8080, ..Default::default() });
-        assert!(needs_allocation(&a));
+        assert!(needs_allocation(&a, None));
         let ea = allocate_endpoint(&a, std::slice::from_ref(&b)).unwrap();
         let pa2: Vec<u32> = ea.ports.iter().map(|p| p.published_port).collect();
         assert_eq!(pa2, vec![30000, 30001, 30004]);

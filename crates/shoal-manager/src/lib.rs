@@ -17,6 +17,7 @@
 
 pub mod allocator;
 pub mod constraint;
+pub mod netalloc;
 mod error;
 mod loops;
 pub mod orchestrator;

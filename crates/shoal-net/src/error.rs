@@ -47,6 +47,12 @@ pub enum NetError {
     Io { op: &'static str, path: String, #[source] source: std::io::Error },
     #[error("{op} {target}: {source}")]
     Sys { op: &'static str, target: String, #[source] source: nix::errno::Errno },
+    #[error("invalid mesh state {what}: {reason}")]
+    InvalidMesh { what: String, reason: String },
+    /// `attach` for an overlay that no `apply` has declared. Classified as
+    /// [`ErrorKind::InvalidInput`] (there is no not-found kind yet); see [`NetError::is_not_found`].
+    #[error("overlay vni {0} is not known to this node's mesh (apply a state that contains it first)")]
+    UnknownOverlay(u32),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -60,7 +66,9 @@ impl NetError {
             | NetError::InvalidContainerId(_)
             | NetError::IpOutOfSubnet { .. }
             | NetError::IpReserved { .. }
-            | NetError::InvalidPort { .. } => ErrorKind::InvalidInput,
+            | NetError::InvalidPort { .. }
+            | NetError::InvalidMesh { .. }
+            | NetError::UnknownOverlay(_) => ErrorKind::InvalidInput,
             NetError::IpInUse(_)
             | NetError::PoolExhausted(_)
             | NetError::PortAllocated { .. }
@@ -71,6 +79,13 @@ impl NetError {
                 ErrorKind::Internal
             }
         }
+    }
+
+    /// Whether this error means "the named thing does not exist" (today only
+    /// [`NetError::UnknownOverlay`]). Callers that want a 404 can test this until [`ErrorKind`]
+    /// grows a `NotFound` kind.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, NetError::UnknownOverlay(_))
     }
 
     pub(crate) fn io(op: &'static str, path: impl std::fmt::Display, source: std::io::Error) -> Self {

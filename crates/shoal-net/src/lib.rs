@@ -4,8 +4,8 @@
 //! interface and its gateway address, container network namespaces (bind-mounted under
 //! `<exec-root>/netns/<container id>`), veth pairs, IP address management for the bridge subnet,
 //! outbound NAT (masquerade) and published ports via kernel DNAT in our own nftables table. It
-//! must not know HTTP, images, or swarm; later issues add the VXLAN overlay and the ingress
-//! routing mesh here.
+//! must not know HTTP, images, or swarm. [`mesh`] is the node side of VXLAN overlay networks and
+//! of the ingress routing mesh, reconciled from a complete desired [`MeshState`].
 //!
 //! All side effects go through [`NetOps`]; [`SystemOps`] implements them with `ip` (iproute2) and
 //! `nft -f -`, each run from a dedicated short-lived thread that has `setns`ed into the right
@@ -19,6 +19,7 @@
 mod bridge;
 mod error;
 mod ipam;
+pub mod mesh;
 mod ops;
 mod ports;
 mod rules;
@@ -26,6 +27,7 @@ mod rules;
 pub use bridge::{BridgeConfig, BridgeNetwork, Endpoint};
 pub use error::{ErrorKind, NetError};
 pub use ipam::{mac_for_ip, Ipam, Ipv4Net};
+pub use mesh::{IngressPort, Mesh, MeshConfig, MeshOps, MeshPeer, MeshState, OverlayNet, SystemMeshOps};
 pub use ops::{current_netns, in_netns, in_netns_path, BridgeSpec, EndpointSpec, NetOps, SystemOps};
 pub use ports::{PortSpec, Proto, PublishedPort, EPHEMERAL_FIRST, EPHEMERAL_LAST};
 pub use rules::{render_ruleset, RuleInput};

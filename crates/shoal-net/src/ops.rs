@@ -121,12 +121,12 @@ pub fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Net
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn is_not_found(e: &NetError) -> bool {
+pub(crate) fn is_not_found(e: &NetError) -> bool {
     matches!(e, NetError::Command { stderr, .. }
         if stderr.contains("Cannot find device") || stderr.contains("does not exist") || stderr.contains("No such file"))
 }
 
-fn write_sysctl(path: &str, value: &str) -> Result<(), NetError> {
+pub(crate) fn write_sysctl(path: &str, value: &str) -> Result<(), NetError> {
     std::fs::write(path, value).map_err(|e| NetError::io("write sysctl", path, e))
 }
 

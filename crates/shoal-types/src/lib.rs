@@ -19,6 +19,7 @@
 pub mod common;
 pub mod defaults;
 pub mod ids;
+pub mod netmap;
 pub mod network;
 pub mod node;
 pub mod service;
@@ -32,8 +33,10 @@ pub mod util;
 pub use common::{Annotations, Driver, GenericResource, Labels, Meta, Platform, TlsInfo, Version};
 pub use defaults::with_defaults;
 pub use ids::{join_token, new_id, unlock_key};
+pub use netmap::{MapAddr, MapNetwork, MapNode, MapService, MapTask, NetworkMap};
 pub use network::{
     Config, ConfigSpec, IpamConfig, IpamOptions, Network, NetworkSpec, Secret, SecretSpec,
+    INGRESS_NAME, INGRESS_SUBNET, OVERLAY_DRIVER, VXLAN_ID_OPTION,
 };
 pub use node::{
     EngineDescription, ManagerStatus, Node, NodeAvailability, NodeDescription, NodeResources,
@@ -47,8 +50,8 @@ pub use service::{
 pub use state::TaskState;
 pub use swarm::{
     CaConfig, Cluster, ClusterInfo, ClusterSecrets, DispatcherConfig, EncryptionConfig,
-    InitRequest, JoinRequest, JoinTokens, OrchestrationConfig, RaftConfig, SwarmSpec, TaskDefaults,
-    UnlockRequest,
+    InitRequest, JoinRequest, JoinTokens, OrchestrationConfig, RaftConfig, RootRotation, SwarmSpec,
+    TaskDefaults, UnlockRequest,
 };
 pub use task::{
     task_container_name, task_display_name, ContainerStatus, NetworkAttachment, PortStatus, Task,

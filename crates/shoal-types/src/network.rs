@@ -31,6 +31,28 @@ pub struct Network {
     pub ipam_options: Option<IpamOptions>,
 }
 
+/// The overlay driver's name (the only driver for swarm-scoped networks).
+pub const OVERLAY_DRIVER: &str = "overlay";
+/// `DriverState.Options` key holding the VXLAN ID (swarmkit's name for it).
+pub const VXLAN_ID_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
+/// The name of the ingress network created at `swarm init`.
+pub const INGRESS_NAME: &str = "ingress";
+/// Docker's default ingress subnet.
+pub const INGRESS_SUBNET: &str = "10.0.0.0/24";
+
+impl Network {
+    /// The VXLAN ID the manager allocated (`DriverState.Options`), if any.
+    pub fn vni(&self) -> Option<u32> {
+        self.driver_state.options.get(VXLAN_ID_OPTION)?.split(',').next()?.trim().parse().ok()
+    }
+
+    /// The allocated subnet (CIDR) and gateway of the network's first IPAM pool.
+    pub fn pool(&self) -> Option<(&str, &str)> {
+        let c = self.ipam_options.as_ref()?.configs.first()?;
+        (!c.subnet.is_empty()).then_some((c.subnet.as_str(), c.gateway.as_str()))
+    }
+}
+
 /// `NetworkSpec`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

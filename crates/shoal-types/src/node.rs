@@ -39,6 +39,10 @@ pub struct Node {
     /// Present only for managers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manager_status: Option<ManagerStatus>,
+    /// The node's own addresses on overlay networks (its ingress address, through which it
+    /// forwards published-port traffic), allocated by the manager (swarmkit `Node.Attachments`).
+    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<crate::EndpointVirtualIp>,
 }
 
 impl Node {

@@ -1,0 +1,85 @@
+//! The network map: what every node needs to program the overlay data plane and the ingress
+//! routing mesh, computed by the manager from cluster state and pushed to every node (no gossip).
+//!
+//! It is not a Docker API shape (nodes exchange it over the cluster port), so it uses snake_case
+//! JSON. Addresses are plain IPv4 strings without a prefix length; a network's prefix is in its
+//! `subnet`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::taskspec::PortConfig;
+
+/// A complete snapshot; nodes replace their previous one with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkMap {
+    /// Overlay networks, sorted by ID.
+    #[serde(default)]
+    pub networks: Vec<MapNetwork>,
+    /// Every node with its underlay address and its own overlay addresses, sorted by ID.
+    #[serde(default)]
+    pub nodes: Vec<MapNode>,
+    /// Services with a VIP or published ingress ports, sorted by ID.
+    #[serde(default)]
+    pub services: Vec<MapService>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapNetwork {
+    pub id: String,
+    pub name: String,
+    pub vni: u32,
+    /// CIDR, e.g. `10.0.0.0/24`.
+    pub subnet: String,
+    #[serde(default)]
+    pub ingress: bool,
+}
+
+/// An address on one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MapAddr {
+    pub network_id: String,
+    pub ip: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapNode {
+    pub id: String,
+    /// The node's underlay (advertise) IP; empty if unknown.
+    pub addr: String,
+    /// Down nodes stay in the map (their tasks' addresses still exist) but get no new traffic.
+    #[serde(default)]
+    pub ready: bool,
+    /// The node's own overlay addresses (its ingress address).
+    #[serde(default)]
+    pub attachments: Vec<MapAddr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapService {
+    pub id: String,
+    pub name: String,
+    /// `vip` or `dnsrr`.
+    pub endpoint_mode: String,
+    #[serde(default)]
+    pub vips: Vec<MapAddr>,
+    /// Published ports in ingress mode (`PublishedPort` allocated).
+    #[serde(default)]
+    pub ingress_ports: Vec<PortConfig>,
+    /// Tasks holding overlay addresses (not yet terminal), sorted by slot then task ID.
+    #[serde(default)]
+    pub tasks: Vec<MapTask>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapTask {
+    pub id: String,
+    pub node_id: String,
+    #[serde(default)]
+    pub slot: u64,
+    #[serde(default)]
+    pub addrs: Vec<MapAddr>,
+    /// Receives new connections: desired and observed RUNNING (healthy, when it has a
+    /// healthcheck) on a Ready node.
+    #[serde(default)]
+    pub in_rotation: bool,
+}
