@@ -34,7 +34,7 @@ def engine_pids(engine, workdir):
         if not argv or not any(workdir in a for a in argv):
             continue
         exe = os.path.basename(argv[0])
-        if engine == "shoal" and exe == "shoal" and len(argv) > 1 and argv[1] == "shim":
+        if engine == "shoal" and exe in ("shoal", "shoal-shim") and len(argv) > 1 and argv[1] == "shim":
             out.append(int(d))
         elif engine == "docker" and exe in ("containerd", "containerd-shim-runc-v2"):
             out.append(int(d))

@@ -10,6 +10,7 @@
       the service again has its desired number of running tasks, none on the victim (t_run)
   nodeloss_helper.py traffic NETNS IFACE SECONDS OUT.json -> bytes/s in and out of IFACE (idle)
   nodeloss_helper.py summary WORKDIR OUTDIR            -> prints the table, writes nodeloss-latest.md/json
+      (with the lines of WORKDIR/res/ENGINE-error.txt, if any, e.g. why the Docker side stopped)
 """
 import datetime
 import glob
@@ -182,6 +183,16 @@ def cmd_summary(workdir, outdir):
             lines.append(
                 f"| {e} | {er.get('heartbeat_period', '?')} | {t['rx_Bps']:.0f} | {t['tx_Bps']:.0f} | {t['rx_pps'] + t['tx_pps']:.1f} |"
             )
+    errors = {}
+    for e in ("shoal", "docker"):
+        ep = f"{workdir}/res/{e}-error.txt"
+        if os.path.exists(ep):
+            errors[e] = open(ep).read().strip()
+    if errors:
+        result["errors"] = errors
+        lines += ["", "Errors (the runs above may be incomplete):", ""]
+        for e, msg in errors.items():
+            lines += [f"- {e}: {m}" for m in msg.splitlines() if m.strip()]
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(outdir, exist_ok=True)

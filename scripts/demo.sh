@@ -1,45 +1,60 @@
 #!/usr/bin/env bash
-# The main job: build shoal, start the daemon in its own network namespace, and run containers
-# through the stock docker CLI. Leaves nothing behind when it ends (Ctrl-C or done).
+# The main job: the tutorial on a three-node shoal lab (one network namespace and one `shoal daemon`
+# per node), driven by the stock docker CLI: swarm init, the printed join command on two workers,
+# node ls, info, the web-alb service with the routing mesh, docker cp of a page into each task, and
+# curl on every node's port 8001 answering from both tasks in turn. Leaves nothing behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "run the demo as root (sudo $0)" >&2; exit 1; fi
 scripts/deps.sh
-cargo build --release
-bin="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal"
+cargo build --release -p shoal
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+bin="$target/release/shoal"
+# No registry is reachable here: the nginx image is built from Debian's nginx package (and cached).
+if [ ! -f "$target/test-images/v1/images/nginx/docker-archive.tar" ]; then
+  cargo test -p shoal-testkit --test testkit images_and_archives
+fi
+lab=demo
 work=$(mktemp -d /tmp/shoal-demo.XXXXXX)
-ns=shoal-demo-$$
-sock="unix://$work/shoal.sock"
-ip netns add "$ns"
-ip -n "$ns" link set lo up
 cleanup() {
   set +e
-  docker -H "$sock" ps -aq 2>/dev/null | xargs -r docker -H "$sock" rm -f >/dev/null 2>&1
-  [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
-  grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
-  ip netns del "$ns" 2>/dev/null
+  "$bin" lab down --name "$lab"
   rm -rf "$work"
 }
 trap cleanup EXIT
-nsenter --net="/run/netns/$ns" "$bin" daemon -H "$sock" --data-root "$work/data" --exec-root "$work/run" >"$work/daemon.log" 2>&1 &
-daemon=$!
-for _ in $(seq 50); do docker -H "$sock" version >/dev/null 2>&1 && break; sleep 0.1; done
-export DOCKER_HOST="$sock"
-set -x
-docker version
-# An image from Debian's busybox-static, imported as a rootfs tarball.
-mkdir -p "$work/rootfs/bin" "$work/rootfs/www" "$work/rootfs/etc" "$work/rootfs/tmp"
-cp /bin/busybox "$work/rootfs/bin/"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$work/rootfs/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$work/rootfs/etc/passwd"
-echo 'hello from a shoal container' >"$work/rootfs/www/index.html"
-tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
-docker import "$work/rootfs.tar" demo/busybox:latest
-docker run --rm demo/busybox echo "hello from shoal"
-docker run -d --name web -p 8080:80 demo/busybox httpd -f -p 80 -h /www
-docker ps
-sleep 0.5
-nsenter --net="/run/netns/$ns" curl -s http://127.0.0.1:8080/
-docker exec web cat /www/index.html
-docker logs web
-docker rm -f web
+if "$bin" lab ls 2>/dev/null | grep -q "^lab $lab "; then
+  echo "a lab called $lab exists already; remove it with: $bin lab down --name $lab" >&2
+  trap - EXIT; rm -rf "$work"; exit 1
+fi
+"$bin" lab up --name "$lab" --managers 1 --workers 2 --no-swarm
+sock() { echo "unix:///run/shoal-lab/$lab/$1/docker.sock"; }
+addr() { python3 -c "import json;print([n['addr'] for n in json.load(open('/run/shoal-lab/$lab/lab.json'))['nodes'] if n['name']=='$1'][0])"; }
+on() { local n=$1; shift; echo "+ [$n] docker $*" >&2; docker -H "$(sock "$n")" "$@"; }
+for n in mgr1 wrk1 wrk2; do docker -H "$(sock "$n")" load -q -i "$target/test-images/v1/images/nginx/docker-archive.tar"; done
+
+on mgr1 system info --format 'Swarm: {{.Swarm.LocalNodeState}}'
+on mgr1 swarm init --advertise-addr "$(addr mgr1)" | tee "$work/init.txt"
+join=$(grep -o 'docker swarm join --token [^ ]* [0-9.:]*' "$work/init.txt")
+for n in wrk1 wrk2; do
+  # shellcheck disable=SC2086  # the printed command, pasted as it is
+  on "$n" ${join#docker }
+done
+on mgr1 node ls
+on mgr1 info | sed -n '/^ Swarm:/,/^ Runtimes:/p'
+on mgr1 service create --name web-alb --constraint node.role==worker --replicas 2 --publish 8001:80 nginx
+on mgr1 service ps web-alb
+for n in wrk1 wrk2; do
+  on "$n" ps
+  c=$(docker -H "$(sock "$n")" ps -q --filter label=com.docker.swarm.service.name=web-alb)
+  mkdir -p "$work/$n"
+  echo "<h1>Hello from $n</h1>" >"$work/$n/index.html"
+  on "$n" cp "$work/$n/index.html" "$c:/usr/share/nginx/html/index.html"
+done
+# Any node's port 8001, the manager included: answers alternate between the two tasks.
+for n in mgr1 wrk1 wrk2; do
+  a=$(addr "$n")
+  for _ in 1 2 3 4; do
+    printf '+ curl http://%s:8001/  ->  ' "$a" >&2
+    curl -sS --max-time 5 "http://$a:8001/"
+  done
+done

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use shoal_store::{Action, Commit, ReadTx, Store, StoreError};
-use shoal_types::{Annotations, Service, Task, TaskState, TaskStatus};
+use shoal_types::{Annotations, Kind, NetworkMap, Service, Task, TaskState, TaskStatus};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
@@ -21,6 +21,9 @@ pub enum Assignment {
     /// Changes since the previous message: tasks added or updated, and IDs of tasks no longer
     /// assigned here (deleted or moved).
     Incremental { updated: Vec<Task>, removed: Vec<String> },
+    /// The cluster's network map (sent after the first complete set and whenever it changes):
+    /// the node programs its overlay data plane and routing mesh from it.
+    NetworkMap(NetworkMap),
 }
 
 /// Why a control-plane call failed. The agent retries with back-off in both cases.
@@ -97,13 +100,28 @@ impl ControlPlane for LocalControlPlane {
             let (tx, rx) = mpsc::channel(64);
             let initial = complete_set(&view, &node);
             let mut known: HashMap<String, Task> = initial.iter().map(|t| (t.id.clone(), t.clone())).collect();
+            let mut map = crate::netmap::compute(&view);
             tx.send(Assignment::Complete(initial)).await.map_err(|_| ControlError::Failed("agent gone".into()))?;
+            tx.send(Assignment::NetworkMap(map.clone())).await.map_err(|_| ControlError::Failed("agent gone".into()))?;
             tokio::spawn(async move {
                 loop {
                     let msg = tokio::select! {
                         _ = tx.closed() => return,
                         ev = events.recv() => match ev {
-                            Ok(commit) => diff(&commit, &store.view(), &node, &mut known),
+                            Ok(commit) => {
+                                let view = store.view();
+                                let networking = commit.changes.iter().any(|c| matches!(c.kind(), Kind::Network | Kind::Node | Kind::Service | Kind::Task));
+                                if networking {
+                                    let fresh = crate::netmap::compute(&view);
+                                    if fresh != map {
+                                        map = fresh;
+                                        if tx.send(Assignment::NetworkMap(map.clone())).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                                diff(&commit, &view, &node, &mut known)
+                            }
                             Err(broadcast::error::RecvError::Lagged(n)) => {
                                 debug!(skipped = n, "assignment watch lagged; resending the complete set");
                                 let (view, fresh) = store.watch();

@@ -1,6 +1,9 @@
 //! One task controller per assigned task: drives the task through the state machine
 //! ([`crate::state`]) with engine calls and reports each observed state.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use chrono::Utc;
 use shoal_engine::{ContainerRecord, Engine, EngineError, HealthStatus, Status, WaitCondition};
 use shoal_types::{ContainerStatus, Task, TaskState, TaskStatus};
@@ -24,8 +27,18 @@ fn is_running(rec: &ContainerRecord) -> bool {
     matches!(rec.state.status, Status::Running | Status::Restarting)
 }
 
+/// How long a task that served connections through the mesh keeps running after it left the
+/// rotation, so every node has dropped it from its ingress rules before it stops (the manager
+/// pushes the new network map to all nodes at once; applying it takes milliseconds). moby waits
+/// 2 s for gossip to converge here.
+const ROTATION_DRAIN: Duration = Duration::from_millis(250);
+/// Longest wait for this node's mesh to know a task's overlay networks before starting it.
+const OVERLAY_READY_TIMEOUT: Duration = Duration::from_secs(15);
+
 pub(crate) struct Controller {
     engine: Engine,
+    /// VXLAN IDs of the overlays this node's mesh has programmed.
+    overlays_ready: watch::Receiver<BTreeSet<u32>>,
     reporter: Reporter,
     ctx: TemplateContext,
     task: Task,
@@ -41,9 +54,28 @@ pub(crate) struct Controller {
 }
 
 impl Controller {
-    pub(crate) fn new(engine: Engine, reporter: Reporter, ctx: TemplateContext, task: Task) -> Controller {
+    pub(crate) fn new(
+        engine: Engine,
+        overlays_ready: watch::Receiver<BTreeSet<u32>>,
+        reporter: Reporter,
+        ctx: TemplateContext,
+        task: Task,
+    ) -> Controller {
         let status = task.status.clone();
-        Controller { engine, reporter, ctx, task, status, container: None, removed: false, unhealthy: false }
+        Controller { engine, overlays_ready, reporter, ctx, task, status, container: None, removed: false, unhealthy: false }
+    }
+
+    /// Waits until the node's mesh knows every overlay network the task joins.
+    async fn wait_overlays(&mut self) -> Result<(), String> {
+        let want: BTreeSet<u32> = self.task.networks_attachments.iter().filter_map(|a| a.network.vni()).collect();
+        if want.is_empty() {
+            return Ok(());
+        }
+        let ready = tokio::time::timeout(OVERLAY_READY_TIMEOUT, self.overlays_ready.wait_for(|have| want.is_subset(have))).await;
+        match ready {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!("overlay networks {want:?} are not ready on this node")),
+        }
     }
 
     /// Runs until the task is no longer assigned here (`None` in `rx`) and its container is gone,
@@ -236,6 +268,7 @@ impl Controller {
         if is_running(&rec) || rec.state.has_been_started {
             return Ok(()); // started by an earlier run; Wait reports how it ended
         }
+        self.wait_overlays().await?;
         self.engine.start(&rec.id).await.map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -328,6 +361,11 @@ impl Controller {
     }
 
     async fn shutdown(&mut self) -> Result<(), String> {
+        let served = !self.task.networks_attachments.is_empty() && self.status.state == TaskState::Running;
+        if served && self.find_container().is_some_and(|c| is_running(&c)) {
+            // It left the rotation when its desired state changed: let the nodes catch up.
+            tokio::time::sleep(ROTATION_DRAIN).await;
+        }
         self.stop_container().await
     }
 

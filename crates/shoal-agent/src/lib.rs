@@ -22,17 +22,19 @@
 
 mod control;
 mod controller;
+mod discovery;
+pub mod netmap;
 pub mod remote;
 pub mod reporter;
 pub mod spec;
 pub mod state;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_engine::Engine;
-use shoal_types::{EngineDescription, NodeDescription, NodeResources, Platform, PluginDescription, Task};
+use shoal_types::{EngineDescription, NetworkMap, NodeDescription, NodeResources, Platform, PluginDescription, Task};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
@@ -95,6 +97,10 @@ struct Running {
 struct State {
     node_id: String,
     engine: Engine,
+    /// The latest network map, for the mesh task.
+    network_map: watch::Sender<Option<NetworkMap>>,
+    /// VXLAN IDs the mesh has programmed (controllers wait for theirs before starting).
+    overlays_ready: watch::Receiver<BTreeSet<u32>>,
     ctx: TemplateContext,
     reporter: Reporter,
     controllers: JoinSet<String>,
@@ -116,7 +122,7 @@ impl State {
         }
         let id = task.id.clone();
         let (tx, rx) = watch::channel(Some(task.clone()));
-        let ctl = Controller::new(self.engine.clone(), self.reporter.clone(), self.ctx.clone(), task);
+        let ctl = Controller::new(self.engine.clone(), self.overlays_ready.clone(), self.reporter.clone(), self.ctx.clone(), task);
         let handle = self.controllers.spawn(ctl.run(rx));
         self.running.insert(id, Running { tx, task: handle.id() });
     }
@@ -147,6 +153,9 @@ impl State {
                 for t in updated {
                     self.upsert(t);
                 }
+            }
+            Assignment::NetworkMap(map) => {
+                self.network_map.send_replace(Some(map));
             }
         }
     }
@@ -191,9 +200,16 @@ async fn run(
     let (reporter, report_rx) = Reporter::new();
     let mut reporter_task = JoinSet::new();
     reporter_task.spawn(reporter::run(control.clone(), report_rx));
+    let (map_tx, map_rx) = watch::channel(None);
+    let (ready_tx, ready_rx) = watch::channel(BTreeSet::new());
+    let discovery = discovery::Discovery::new(map_rx.clone(), tokio::runtime::Handle::current());
+    engine.set_netns_hook(Some(discovery.clone()));
+    let mesh_task = tokio::spawn(run_mesh(node_id.clone(), engine.clone(), map_rx, ready_tx, discovery));
     let mut st = State {
         node_id,
         engine,
+        network_map: map_tx,
+        overlays_ready: ready_rx,
         ctx,
         reporter,
         controllers: JoinSet::new(),
@@ -242,7 +258,10 @@ async fn run(
             }
         }
     }
-    // Stop: controllers end (their containers keep running), then the reporter flushes.
+    // Stop: controllers end (their containers keep running), then the reporter flushes. The
+    // mesh stays as programmed (live restore); leaving the swarm tears it down.
+    mesh_task.abort();
+    st.engine.set_netns_hook(None);
     st.controllers.shutdown().await;
     st.cleanups.shutdown().await;
     let State { reporter, .. } = st;
@@ -251,6 +270,83 @@ async fn run(
         warn!("pending task status reports were not delivered before the agent stopped");
     }
     info!("agent stopped");
+}
+
+/// Programs this node's overlay data plane and routing mesh from each new network map. A failed
+/// apply is retried with the newest map, backing off from 1 s to 30 s.
+async fn run_mesh(
+    node_id: String,
+    engine: Engine,
+    mut maps: watch::Receiver<Option<NetworkMap>>,
+    ready: watch::Sender<BTreeSet<u32>>,
+    discovery: Arc<discovery::Discovery>,
+) {
+    let mut adopted = false;
+    const FIRST_RETRY: Duration = Duration::from_secs(1);
+    const MAX_RETRY: Duration = Duration::from_secs(30);
+    let mut retry = FIRST_RETRY;
+    let mut pending = false;
+    loop {
+        if !pending {
+            if maps.changed().await.is_err() {
+                return;
+            }
+        }
+        let Some(map) = maps.borrow_and_update().clone() else {
+            pending = false;
+            continue;
+        };
+        // This node's tasks by their bridge address (services that keep client addresses).
+        let local_bridge: HashMap<String, std::net::Ipv4Addr> = engine
+            .list()
+            .into_iter()
+            .filter_map(|rec| Some((rec.config.labels.get(spec::LABEL_TASK_ID)?.clone(), rec.network.ip?)))
+            .collect();
+        let Some(state) = netmap::mesh_state(&map, &node_id, &local_bridge) else {
+            pending = false;
+            continue;
+        };
+        let vnis: BTreeSet<u32> = state.overlays.iter().map(|o| o.vni).collect();
+        let e = engine.clone();
+        let t = std::time::Instant::now();
+        let d = discovery.clone();
+        let adopt = !adopted;
+        let applied = tokio::task::spawn_blocking(move || {
+            e.mesh().apply(&state)?;
+            if adopt {
+                d.adopt(&e);
+            }
+            d.refresh();
+            Ok::<(), shoal_net::NetError>(())
+        });
+        match applied.await {
+            Ok(Ok(())) => {
+                adopted = true;
+                tracing::debug!(overlays = vnis.len(), elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "mesh programmed");
+                ready.send_replace(vnis);
+                pending = false;
+                retry = FIRST_RETRY;
+            }
+            Ok(Err(err)) => {
+                warn!(error = %err, ?retry, "programming the overlay mesh failed; retrying");
+                pending = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    changed = maps.changed() => if changed.is_err() { return },
+                }
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+            Err(err) => {
+                warn!(error = %err, ?retry, "the mesh task panicked; retrying");
+                pending = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    changed = maps.changed() => if changed.is_err() { return },
+                }
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+        }
+    }
 }
 
 fn hostname() -> String {

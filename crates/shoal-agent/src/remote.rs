@@ -8,7 +8,9 @@
 //! session and the agent opens a new one with back-off (100 ms → 8 s, in [`crate::Agent`]),
 //! trying the known managers in turn. Tasks keep running meanwhile; the next complete set
 //! reconciles them. Statuses go out with `POST /v1/status`; the agent's reporter batches and
-//! retries them until delivered.
+//! retries them until delivered. Every `session` message names the cluster's managers: the
+//! node's manager list follows it (new managers get a client, removed ones are dropped), so a
+//! worker fails over to managers that joined after it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +18,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use shoal_rpc::RpcClient;
-use shoal_types::{NodeDescription, TaskStatus};
-use tokio::sync::mpsc;
+use shoal_types::{NodeDescription, TaskStatus, TlsInfo};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::control::{Assignment, ControlError, ControlPlane};
@@ -73,11 +75,16 @@ pub mod wire {
         pub removed: Vec<String>,
     }
 
-    impl From<Assignment> for AssignmentsMsg {
+    impl From<Assignment> for SessionMessage {
         fn from(a: Assignment) -> Self {
             match a {
-                Assignment::Complete(tasks) => AssignmentsMsg { complete: Some(tasks), ..Default::default() },
-                Assignment::Incremental { updated, removed } => AssignmentsMsg { complete: None, updated, removed },
+                Assignment::Complete(tasks) => {
+                    SessionMessage::Assignments(AssignmentsMsg { complete: Some(tasks), ..Default::default() })
+                }
+                Assignment::Incremental { updated, removed } => {
+                    SessionMessage::Assignments(AssignmentsMsg { complete: None, updated, removed })
+                }
+                Assignment::NetworkMap(m) => SessionMessage::NetworkMap(m),
             }
         }
     }
@@ -91,12 +98,14 @@ pub mod wire {
         }
     }
 
-    /// One line of the session stream: `{"session": …}` or `{"assignments": …}`.
+    /// One line of the session stream: `{"session": …}`, `{"assignments": …}` or
+    /// `{"network_map": …}`.
     #[derive(Debug, Clone, Serialize, Deserialize)]
-    #[serde(rename_all = "lowercase")]
+    #[serde(rename_all = "snake_case")]
     pub enum SessionMessage {
         Session(SessionInfo),
         Assignments(AssignmentsMsg),
+        NetworkMap(shoal_types::NetworkMap),
     }
 
     /// `POST /v1/heartbeat` body.
@@ -105,10 +114,14 @@ pub mod wire {
         pub session_id: String,
     }
 
-    /// `POST /v1/heartbeat` answer: when to send the next one.
+    /// `POST /v1/heartbeat` answer: when to send the next one, and the version of the cluster
+    /// object (certificate policy, trust roots): a node asks for the certificate policy only
+    /// when it changes.
     #[derive(Debug, Clone, Default, Serialize, Deserialize)]
     pub struct HeartbeatResponse {
         pub period_ns: u64,
+        #[serde(default)]
+        pub cluster_version: u64,
     }
 
     /// One observed status.
@@ -138,31 +151,104 @@ const SESSION_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`ControlPlane`] over dispatcher sessions with the cluster's managers.
 pub struct RemoteControlPlane {
     node_id: String,
-    description: NodeDescription,
+    /// Sent with every new session; its `TLSInfo` follows this node's certificate
+    /// ([`RemoteControlPlane::set_tls_info`]).
+    description: Mutex<NodeDescription>,
     advertise_addr: String,
-    clients: Vec<RpcClient>,
+    /// The known managers, refreshed from session messages.
+    managers: Arc<ManagerList>,
     /// Index of the manager to use (advanced after a failure).
     next: AtomicUsize,
-    /// The open session: (manager index, session ID).
-    current: Arc<Mutex<Option<(usize, String)>>>,
+    /// The open session: (manager client, session ID).
+    current: Arc<Mutex<Option<(RpcClient, String)>>>,
+    /// The cluster object's version as the latest heartbeat answer named it.
+    cluster_version: Arc<watch::Sender<u64>>,
 }
 
 impl RemoteControlPlane {
     /// `clients`: one mTLS client per known manager (at least one), in order of preference.
     pub fn new(node_id: String, description: NodeDescription, advertise_addr: String, clients: Vec<RpcClient>) -> RemoteControlPlane {
         assert!(!clients.is_empty(), "a remote control plane needs at least one manager");
+        let known = clients.iter().map(|c| RemoteManager { node_id: String::new(), addr: c.addr().to_string() }).collect();
         RemoteControlPlane {
             node_id,
-            description,
+            description: Mutex::new(description),
             advertise_addr,
-            clients,
+            managers: Arc::new(ManagerList { clients: Mutex::new(clients), known: watch::channel(known).0 }),
             next: AtomicUsize::new(0),
             current: Arc::new(Mutex::new(None)),
+            cluster_version: Arc::new(watch::channel(0).0),
         }
     }
 
+    /// Changes whenever a heartbeat answer names a new version of the cluster object.
+    pub fn cluster_version(&self) -> watch::Receiver<u64> {
+        self.cluster_version.subscribe()
+    }
+
+    /// The `TLSInfo` (trust root and certificate issuer) new sessions report in the node's
+    /// description, after this node's certificate or trust root changed.
+    pub fn set_tls_info(&self, tls_info: TlsInfo) {
+        self.description.lock().unwrap_or_else(|e| e.into_inner()).tls_info = tls_info;
+    }
+
+    /// A client per known manager (the certificate loop swaps their TLS config).
+    pub fn clients(&self) -> Vec<RpcClient> {
+        self.managers.clients.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The known managers; changes when a session message names a different set.
+    pub fn managers(&self) -> watch::Receiver<Vec<RemoteManager>> {
+        self.managers.known.subscribe()
+    }
+
     fn failed_over(&self, idx: usize) {
-        let _ = self.next.compare_exchange(idx, (idx + 1) % self.clients.len(), Ordering::Relaxed, Ordering::Relaxed);
+        let n = self.managers.len();
+        let _ = self.next.compare_exchange(idx, (idx + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// The managers a worker knows: a client for each, in the order the latest session gave.
+struct ManagerList {
+    clients: Mutex<Vec<RpcClient>>,
+    known: watch::Sender<Vec<RemoteManager>>,
+}
+
+impl ManagerList {
+    fn len(&self) -> usize {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).len().max(1)
+    }
+
+    /// The client at `idx` (modulo the list length) and the index used.
+    fn get(&self, idx: usize) -> (usize, RpcClient) {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let idx = idx % clients.len().max(1);
+        (idx, clients[idx].clone())
+    }
+
+    /// Follow the managers a session message names: clients of managers still named are kept
+    /// (their connections too), new ones copy an existing client's TLS config. An empty or
+    /// unparsable list changes nothing.
+    fn update(&self, managers: &[RemoteManager]) {
+        let named: Vec<(&RemoteManager, std::net::SocketAddr)> =
+            managers.iter().filter_map(|m| m.addr.parse().ok().map(|a| (m, a))).collect();
+        if named.is_empty() {
+            return;
+        }
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let same = clients.len() == named.len() && clients.iter().zip(&named).all(|(c, (_, a))| c.addr() == *a);
+        if !same {
+            let template = clients[0].clone();
+            let next: Vec<RpcClient> = named
+                .iter()
+                .map(|(_, a)| clients.iter().find(|c| c.addr() == *a).cloned().unwrap_or_else(|| template.for_addr(*a)))
+                .collect();
+            info!(managers = ?named.iter().map(|(_, a)| a.to_string()).collect::<Vec<_>>(), "the cluster's managers changed");
+            *clients = next;
+        }
+        drop(clients);
+        let list: Vec<RemoteManager> = named.into_iter().map(|(m, _)| m.clone()).collect();
+        self.known.send_if_modified(|k| if *k == list { false } else { *k = list; true });
     }
 }
 
@@ -180,11 +266,10 @@ fn period_of(ns: u64) -> Duration {
 impl ControlPlane for RemoteControlPlane {
     fn assignments(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Assignment>, ControlError>> {
         Box::pin(async move {
-            let idx = self.next.load(Ordering::Relaxed) % self.clients.len();
-            let client = self.clients[idx].clone();
+            let (idx, client) = self.managers.get(self.next.load(Ordering::Relaxed));
             let req = SessionRequest {
                 node_id: self.node_id.clone(),
-                description: self.description.clone(),
+                description: self.description.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 advertise_addr: self.advertise_addr.clone(),
             };
             let mut stream = match client.stream_ndjson::<_, SessionMessage>(SESSION_PATH, &req).await {
@@ -208,8 +293,11 @@ impl ControlPlane for RemoteControlPlane {
                 }
             };
             info!(manager = %client.addr(), session = %info.id, period = ?period_of(info.heartbeat_period_ns), "dispatcher session open");
-            *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((idx, info.id.clone()));
+            self.managers.update(&info.managers);
+            *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((client.clone(), info.id.clone()));
             let current = self.current.clone();
+            let managers = self.managers.clone();
+            let cluster_version = self.cluster_version.clone();
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(async move {
                 let session_id = info.id.clone();
@@ -223,14 +311,22 @@ impl ControlPlane for RemoteControlPlane {
                                     break "the agent closed the session".to_string();
                                 }
                             }
-                            Some(Ok(SessionMessage::Session(_))) => {}
+                            Some(Ok(SessionMessage::NetworkMap(m))) => {
+                                if tx.send(Assignment::NetworkMap(m)).await.is_err() {
+                                    break "the agent closed the session".to_string();
+                                }
+                            }
+                            Some(Ok(SessionMessage::Session(info))) => managers.update(&info.managers),
                             Some(Err(e)) => break format!("session stream failed: {e}"),
                             None => break "the manager ended the session".to_string(),
                         },
                         _ = tokio::time::sleep_until(next_beat) => {
                             let beat = HeartbeatRequest { session_id: session_id.clone() };
                             match client.call_json::<_, HeartbeatResponse>(HEARTBEAT_PATH, &beat).await {
-                                Ok(r) => next_beat = tokio::time::Instant::now() + period_of(r.period_ns),
+                                Ok(r) => {
+                                    next_beat = tokio::time::Instant::now() + period_of(r.period_ns);
+                                    cluster_version.send_if_modified(|v| std::mem::replace(v, r.cluster_version) != r.cluster_version);
+                                }
                                 Err(e) => break format!("heartbeat failed: {e}"),
                             }
                         }
@@ -248,18 +344,18 @@ impl ControlPlane for RemoteControlPlane {
 
     fn report(&self, updates: Vec<(String, TaskStatus)>) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(async move {
-            let (idx, session_id) = self
+            let (client, session_id) = self
                 .current
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
-                .unwrap_or_else(|| (self.next.load(Ordering::Relaxed) % self.clients.len(), String::new()));
+                .unwrap_or_else(|| (self.managers.get(self.next.load(Ordering::Relaxed)).1, String::new()));
             let n = updates.len();
             let req = StatusRequest {
                 session_id,
                 updates: updates.into_iter().map(|(task_id, status)| StatusUpdate { task_id, status }).collect(),
             };
-            let r: Result<serde_json::Value, _> = self.clients[idx].call_json(STATUS_PATH, &req).await;
+            let r: Result<serde_json::Value, _> = client.call_json(STATUS_PATH, &req).await;
             match r {
                 Ok(_) => {
                     debug!(statuses = n, "statuses delivered to the manager");
@@ -283,11 +379,13 @@ mod tests {
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["session"]["id"], "s1");
         assert_eq!(v["session"]["heartbeat_period_ns"], 5_000_000_000u64);
-        let m = SessionMessage::Assignments(Assignment::Complete(vec![]).into());
+        let m = SessionMessage::from(Assignment::Complete(vec![]));
         assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"assignments":{"complete":[]}}"#);
-        let m = SessionMessage::Assignments(Assignment::Incremental { updated: vec![], removed: vec!["t1".into()] }.into());
+        let m = SessionMessage::from(Assignment::Incremental { updated: vec![], removed: vec!["t1".into()] });
         let line = serde_json::to_string(&m).unwrap();
         assert_eq!(line, r#"{"assignments":{"removed":["t1"]}}"#);
+        let m = SessionMessage::from(Assignment::NetworkMap(shoal_types::NetworkMap::default()));
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"network_map":{"networks":[],"nodes":[],"services":[]}}"#);
         let SessionMessage::Assignments(back) = serde_json::from_str(&line).unwrap() else { panic!() };
         assert_eq!(Assignment::from(back), Assignment::Incremental { updated: vec![], removed: vec!["t1".into()] });
     }

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use shoal_engine::{BindMount, CreateSpec, HealthConfig, HostSpec, NetworkMode, RestartPolicy};
-use shoal_types::{Mount, Task};
+use shoal_engine::{BindMount, CreateSpec, HealthConfig, HostSpec, NetworkMode, OverlayAttachment, PortBinding, PortProto, RestartPolicy};
+use shoal_types::{Mount, PortProtocol, PublishMode, Task};
 
 /// Label namespace of swarm containers.
 pub const LABEL_PREFIX: &str = "com.docker.swarm";
@@ -140,6 +140,40 @@ pub fn create_spec(task: &Task, ctx: &TemplateContext) -> Result<CreateSpec, Str
         if limits.pids > 0 {
             host.pids_limit = Some(limits.pids);
         }
+    }
+    // Host-mode published ports bind on this node only, like `docker run -p`.
+    for p in task.endpoint.iter().flat_map(|e| e.ports.iter()).filter(|p| p.publish_mode == PublishMode::Host) {
+        let proto = match p.protocol {
+            PortProtocol::Tcp => shoal_engine::Proto::Tcp,
+            PortProtocol::Udp => shoal_engine::Proto::Udp,
+            PortProtocol::Sctp => return Err("host-mode port publishing does not support sctp on this node".into()),
+        };
+        let container = u16::try_from(p.target_port).map_err(|_| format!("invalid target port {}", p.target_port))?;
+        let host_port = match p.published_port {
+            0 => None,
+            n => Some(u16::try_from(n).map_err(|_| format!("invalid published port {n}"))?),
+        };
+        host.port_bindings.push(PortBinding { container: PortProto { port: container, proto }, host_ip: None, host_port });
+    }
+    for a in &task.networks_attachments {
+        let vni = a.network.vni().ok_or_else(|| format!("network {} has no VXLAN ID", a.network.spec.name))?;
+        let addr = a.addresses.first().ok_or_else(|| format!("no address on network {}", a.network.spec.name))?;
+        let (ip, len) = addr.split_once('/').unwrap_or((addr.as_str(), "24"));
+        let (Ok(ip), Ok(prefix_len)) = (ip.parse(), len.parse()) else {
+            return Err(format!("invalid address {addr:?} on network {}", a.network.spec.name));
+        };
+        host.overlays.push(OverlayAttachment {
+            network_id: a.network.id.clone(),
+            network_name: a.network.spec.name.clone(),
+            vni,
+            ip,
+            prefix_len,
+        });
+    }
+    // On a user overlay network the container asks the embedded DNS server (service names;
+    // everything else is forwarded to this node's resolvers).
+    if host.dns.is_empty() && task.networks_attachments.iter().any(|a| !a.network.spec.ingress) {
+        host.dns = vec![crate::discovery::EMBEDDED_DNS.to_string()];
     }
     for m in &c.mounts {
         let target = expand(&m.target, task, ctx);

@@ -69,6 +69,7 @@ impl Env {
             data_root: self.dir.join("data"),
             exec_root: exec_root.clone(),
             self_exe: shoal_exe(),
+            shim_exe: shoal_engine::shim_exe_for(&shoal_exe()),
             bridge: shoal_net::BridgeConfig::with_exec_root(&exec_root),
             init_path: None,
         }

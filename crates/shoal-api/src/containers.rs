@@ -245,6 +245,7 @@ fn to_spec(name: Option<String>, body: CreateBody) -> Result<CreateSpec, ApiErro
             network_mode,
             dns: hc.dns.unwrap_or_default(),
             extra_hosts: hc.extra_hosts.unwrap_or_default(),
+            overlays: Vec::new(), // only swarm tasks join overlays (the agent sets them)
         },
     })
 }

@@ -12,6 +12,7 @@ mod exec;
 mod filters;
 mod http;
 mod images;
+mod networks;
 mod server;
 mod swarm;
 mod system;

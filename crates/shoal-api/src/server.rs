@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{debug, info, warn};
 
 use crate::http::{ApiError, ApiResult, Resp};
-use crate::{containers, exec, images, swarm, system, ApiState, API_VERSION};
+use crate::{containers, exec, images, networks, swarm, system, ApiState, API_VERSION};
 
 /// Where to listen, as given by `-H`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +237,14 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>, method: &Method, rou
         (Method::POST, ["exec", id, "start"]) => exec::start(state, req, id).await,
         (Method::POST, ["exec", id, "resize"]) => exec::resize(state, req, id).await,
         (Method::GET, ["exec", id, "json"]) => exec::inspect(state, id).await,
+
+        (Method::GET, ["networks"] | ["networks", ""]) => networks::list(state, req).await,
+        (Method::POST, ["networks", "create"]) => networks::create(state, req).await,
+        (Method::POST, ["networks", "prune"]) => networks::prune(state, req).await,
+        (Method::GET, ["networks", id]) => networks::inspect(state, req, id).await,
+        (Method::DELETE, ["networks", id]) => networks::remove(state, id).await,
+        (Method::POST, ["networks", id, "connect"]) => networks::connect(state, req, id, true).await,
+        (Method::POST, ["networks", id, "disconnect"]) => networks::connect(state, req, id, false).await,
 
         (Method::GET, ["swarm"]) => swarm::inspect(state).await,
         (Method::POST, ["swarm", "init"]) => swarm::init(state, req).await,

@@ -112,7 +112,7 @@ pub fn info(state: &ApiState) -> Resp {
             "Images": counts.images,
             "Driver": "overlay2",
             "DriverStatus": [["Backing Filesystem", "extfs"], ["Supports d_type", "true"], ["Using metacopy", "false"], ["Native Overlay Diff", "true"]],
-            "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"], "Authorization": null, "Log": ["json-file"]},
+            "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null", "overlay"], "Authorization": null, "Log": ["json-file"]},
             "MemoryLimit": true, "SwapLimit": true, "CpuCfsPeriod": true, "CpuCfsQuota": true, "CPUShares": true,
             "CPUSet": true, "PidsLimit": true, "IPv4Forwarding": true, "Debug": false,
             "NFd": open_fds(), "OomKillDisable": false, "NGoroutines": 0,

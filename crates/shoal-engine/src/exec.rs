@@ -183,7 +183,7 @@ impl Engine {
             process_json: process_json.clone(),
             tty: config.tty,
         };
-        let exe = self.inner.cfg.self_exe.clone();
+        let exe = self.inner.cfg.shim_exe.clone();
         let mut child = tokio::task::spawn_blocking(move || shoal_runtime::spawn_exec(&exe, &args))
             .await
             .map_err(|e| EngineError::Internal(format!("exec: {e}")))??;

@@ -53,8 +53,11 @@ pub const MAX_EXEC_ROOT_LEN: usize = 107 - "/shim/".len() - SHIM_DIR_ID_LEN - "/
 pub struct EngineConfig {
     pub data_root: PathBuf,
     pub exec_root: PathBuf,
-    /// The `shoal` binary, re-executed as shim, exec helper and archive helper.
+    /// The `shoal` binary, re-executed as the archive helper.
     pub self_exe: PathBuf,
+    /// The binary run as `<shim_exe> shim …` and `<shim_exe> exec-helper …`: the small
+    /// `shoal-shim` next to `shoal` when it is there ([`shim_exe_for`]), else `shoal` itself.
+    pub shim_exe: PathBuf,
     pub bridge: shoal_net::BridgeConfig,
     /// A static init binary for `--init` (Docker's docker-init / tini).
     pub init_path: Option<PathBuf>,
@@ -70,6 +73,10 @@ struct Inner {
     cfg: EngineConfig,
     images: ImageStore,
     net: shoal_net::BridgeNetwork,
+    /// Overlay networks and the ingress routing mesh (programmed by the swarm agent).
+    mesh: shoal_net::Mesh,
+    /// Service discovery for containers on overlay networks (installed by the swarm agent).
+    netns_hook: std::sync::RwLock<Option<Arc<dyn NetnsHook>>>,
     containers_root: PathBuf,
     cgroup_parent: String,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
@@ -151,6 +158,9 @@ impl Engine {
         let net = tokio::task::spawn_blocking(move || shoal_net::BridgeNetwork::setup(bridge))
             .await
             .map_err(|e| EngineError::Internal(format!("setting up the bridge: {e}")))??;
+        let mesh = tokio::task::spawn_blocking(|| shoal_net::Mesh::setup(shoal_net::MeshConfig::default()))
+            .await
+            .map_err(|e| EngineError::Internal(format!("setting up the overlay mesh: {e}")))??;
         let cgroup_parent = cgroup_parent_for(&cfg.data_root);
         let (events, _) = broadcast::channel(1024);
         let engine = Engine {
@@ -158,6 +168,8 @@ impl Engine {
                 cfg,
                 images,
                 net,
+                mesh,
+                netns_hook: std::sync::RwLock::new(None),
                 containers_root,
                 cgroup_parent,
                 containers: Mutex::new(BTreeMap::new()),
@@ -172,6 +184,25 @@ impl Engine {
 
     pub fn images(&self) -> &ImageStore {
         &self.inner.images
+    }
+
+    /// Installs (or with `None` removes) the hook called around overlay containers' namespaces.
+    pub fn set_netns_hook(&self, hook: Option<Arc<dyn NetnsHook>>) {
+        *self.inner.netns_hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    /// Where a bridge-mode container's network namespace is bound.
+    pub fn netns_path(&self, container_id: &str) -> Result<PathBuf> {
+        Ok(self.inner.net.netns_path(container_id)?)
+    }
+
+    pub(crate) fn netns_hook(&self) -> Option<Arc<dyn NetnsHook>> {
+        self.inner.netns_hook.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The node's overlay data plane (blocking API: call it from `spawn_blocking`).
+    pub fn mesh(&self) -> &shoal_net::Mesh {
+        &self.inner.mesh
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -322,6 +353,17 @@ impl Engine {
 }
 
 /// A cgroup parent unique to this daemon, so daemons sharing a machine never share cgroups.
+/// The shim binary to use with `self_exe`: `shoal-shim` in the same directory if it exists
+/// (built with the workspace), otherwise `self_exe` (which dispatches `shim` as well).
+pub fn shim_exe_for(self_exe: &Path) -> PathBuf {
+    let sibling = self_exe.with_file_name("shoal-shim");
+    if sibling.is_file() {
+        sibling
+    } else {
+        self_exe.to_path_buf()
+    }
+}
+
 pub fn cgroup_parent_for(data_root: &Path) -> String {
     use sha2_lite::digest_hex8;
     format!("shoal-{}", digest_hex8(data_root.to_string_lossy().as_bytes()))

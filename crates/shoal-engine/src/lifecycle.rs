@@ -352,6 +352,17 @@ impl Engine {
                     cleanup.published = true;
                     network.ports = published.iter().map(from_net_published).collect();
                 }
+                // Overlay interfaces live in the container's netns: removing the endpoint
+                // (the netns) removes them too.
+                for (i, o) in cfg.host.overlays.iter().enumerate() {
+                    let ifname = format!("eth{}", i + 1);
+                    self.inner.mesh.attach(&endpoint.netns_path, o.vni, o.ip, &ifname)?;
+                }
+                if !cfg.host.overlays.is_empty() {
+                    if let Some(hook) = self.netns_hook() {
+                        hook.netns_ready(id, &endpoint.netns_path, &cfg.host.overlays).map_err(EngineError::Internal)?;
+                    }
+                }
             }
             NetworkMode::Host => netns_path = Some(format!("/proc/{}/ns/net", std::process::id()).into()),
             NetworkMode::None => {}
@@ -449,7 +460,7 @@ impl Engine {
             stdin_once: cfg.stdin_once,
             start_gated: true,
         };
-        let started = shoal_runtime::spawn_shim(&self.inner.cfg.self_exe, &args)?;
+        let started = shoal_runtime::spawn_shim(&self.inner.cfg.shim_exe, &args)?;
         cleanup.armed = false;
         Ok(Started { shim_pid: started.shim_pid, init_pid: started.init_pid, network })
     }
@@ -593,6 +604,9 @@ impl Engine {
     /// kernel, which is why --rm containers do this off the critical path.
     fn teardown_endpoint(&self, id: &str, ip: Option<std::net::Ipv4Addr>) {
         let t = std::time::Instant::now();
+        if let Some(hook) = self.netns_hook() {
+            hook.netns_gone(id);
+        }
         if let Err(e) = self.inner.net.remove_endpoint(id) {
             warn!(container = %id, error = %e, "removing the network endpoint failed");
         }
@@ -1047,6 +1061,9 @@ impl Drop for StartCleanup<'_> {
             let _ = net.unpublish(&self.id);
         }
         if self.endpoint {
+            if let Some(hook) = self.engine.netns_hook() {
+                hook.netns_gone(&self.id);
+            }
             let _ = net.remove_endpoint(&self.id);
         }
         if let Some(ip) = self.ip {

@@ -251,6 +251,32 @@ pub struct HostSpec {
     pub network_mode: NetworkMode,
     pub dns: Vec<String>,
     pub extra_hosts: Vec<String>,
+    /// Swarm overlay networks the container joins (`eth1`, `eth2`, … in this order); its
+    /// default route stays on the bridge (`eth0`).
+    #[serde(default)]
+    pub overlays: Vec<OverlayAttachment>,
+}
+
+/// Called by the engine around the life of a container's network namespace when the container
+/// joins overlay networks (the swarm agent installs one: service discovery DNS and VIP rules must
+/// be in place before the container's process starts). Runs in blocking context.
+pub trait NetnsHook: Send + Sync + 'static {
+    /// The namespace at `netns_path` exists with the container's overlay interfaces; its process
+    /// has not started yet. An error fails the start.
+    fn netns_ready(&self, container_id: &str, netns_path: &std::path::Path, overlays: &[OverlayAttachment]) -> Result<(), String>;
+    /// The namespace is going away (the container stopped).
+    fn netns_gone(&self, container_id: &str);
+}
+
+/// One overlay network interface of a container: the overlay (by VXLAN ID) must be known to the
+/// engine's mesh ([`shoal_net::Mesh::apply`]) before the container starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayAttachment {
+    pub network_id: String,
+    pub network_name: String,
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
 }
 
 /// The resolved configuration a container runs with (image defaults applied).

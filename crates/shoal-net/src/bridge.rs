@@ -105,7 +105,7 @@ pub struct BridgeNetwork {
     state: Mutex<State>,
 }
 
-fn validate_container_id(id: &str) -> Result<(), NetError> {
+pub(crate) fn validate_container_id(id: &str) -> Result<(), NetError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id != "."

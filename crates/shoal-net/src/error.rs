@@ -53,6 +53,11 @@ pub enum NetError {
     /// [`ErrorKind::InvalidInput`] (there is no not-found kind yet); see [`NetError::is_not_found`].
     #[error("overlay vni {0} is not known to this node's mesh (apply a state that contains it first)")]
     UnknownOverlay(u32),
+    /// A DNS message that cannot be parsed (`offset` = where parsing stopped).
+    #[error("malformed dns message at byte {offset}: {reason}")]
+    DnsMessage { offset: usize, reason: &'static str },
+    #[error("invalid dns name {name:?}: {reason}")]
+    InvalidDnsName { name: String, reason: &'static str },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -68,7 +73,9 @@ impl NetError {
             | NetError::IpReserved { .. }
             | NetError::InvalidPort { .. }
             | NetError::InvalidMesh { .. }
-            | NetError::UnknownOverlay(_) => ErrorKind::InvalidInput,
+            | NetError::UnknownOverlay(_)
+            | NetError::DnsMessage { .. }
+            | NetError::InvalidDnsName { .. } => ErrorKind::InvalidInput,
             NetError::IpInUse(_)
             | NetError::PoolExhausted(_)
             | NetError::PortAllocated { .. }

@@ -257,9 +257,9 @@ fn node_state(me: u8, backends: &[&str]) -> MeshState {
         }],
         ingress_vni: Some(4096),
         ingress: vec![
-            IngressPort { proto: Proto::Tcp, published: 8001, target: 80, backends: backends.clone() },
-            IngressPort { proto: Proto::Udp, published: 8002, target: 5300, backends },
-            IngressPort { proto: Proto::Tcp, published: 8003, target: 80, backends: vec![] },
+            IngressPort { proto: Proto::Tcp, published: 8001, target: 80, backends: backends.clone(), local: vec![] },
+            IngressPort { proto: Proto::Udp, published: 8002, target: 5300, backends, local: vec![] },
+            IngressPort { proto: Proto::Tcp, published: 8003, target: 80, backends: vec![], local: vec![] },
         ],
     }
 }

@@ -129,6 +129,19 @@ impl RpcClient {
         self.inner.addr
     }
 
+    /// A client for another node at `addr` with this client's TLS config, server name and
+    /// timeouts (connections are not shared).
+    pub fn for_addr(&self, addr: SocketAddr) -> RpcClient {
+        let config = self.inner.config.read().unwrap_or_else(|e| e.into_inner()).clone();
+        RpcClient {
+            inner: Arc::new(Inner {
+                connect_timeout: self.inner.connect_timeout,
+                call_timeout: self.inner.call_timeout,
+                ..Inner::new(addr, config, self.inner.server_name.clone())
+            }),
+        }
+    }
+
     /// Use a new TLS config (renewed certificate) from now on; idle connections are dropped.
     pub fn set_config(&self, config: Arc<ClientConfig>) {
         *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = config;
@@ -151,6 +164,32 @@ impl RpcClient {
         self.call(Method::POST, path, Bytes::from(body)).await
     }
 
+    /// `POST path` with opaque `body` bytes (`application/octet-stream`); the answer's bytes. A
+    /// non-2xx answer is [`RpcError::Status`] with the server's `message`.
+    pub async fn call_bytes(&self, path: &str, body: Vec<u8>) -> Result<Bytes> {
+        let what = format!("POST {path} to {}", self.inner.addr);
+        let fut = async {
+            let (sender, resp) = self.send(Method::POST, path, Bytes::from(body), true).await?;
+            let status = resp.status();
+            let bytes = read_body(resp, &self.inner.addr).await?;
+            self.keep_idle(sender);
+            if !status.is_success() {
+                return Err(status_error(status.as_u16(), &bytes));
+            }
+            Ok(bytes)
+        };
+        tokio::time::timeout(self.inner.call_timeout, fut).await.map_err(|_| RpcError::Timeout(what))?
+    }
+
+    fn keep_idle(&self, sender: Sender) {
+        if !sender.is_closed() {
+            let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(sender);
+            }
+        }
+    }
+
     /// `GET path`; the JSON answer decoded as `Resp`.
     pub async fn get_json<Resp: DeserializeOwned>(&self, path: &str) -> Result<Resp> {
         self.call(Method::GET, path, Bytes::new()).await
@@ -167,12 +206,7 @@ impl RpcClient {
             let (sender, resp) = self.send(method.clone(), path, body, true).await?;
             let status = resp.status();
             let bytes = read_body(resp, &self.inner.addr).await?;
-            if !sender.is_closed() {
-                let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < MAX_IDLE {
-                    idle.push(sender);
-                }
-            }
+            self.keep_idle(sender);
             if !status.is_success() {
                 return Err(status_error(status.as_u16(), &bytes));
             }

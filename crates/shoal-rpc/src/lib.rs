@@ -8,7 +8,7 @@
 //! dispatcher, CA-server and Raft messages and routes are defined by the crates that use it.
 //!
 //! - [`pki`]: [`RootCa`], [`NodeKey`], [`NodeIdentity`], join-token digest and secret checks,
-//!   renewal timing.
+//!   renewal timing, cross-signing for root rotation, [`IssuerInfo`] (Docker's `TLSInfo`).
 //! - [`tls`]: rustls configs for a manager's server, a node's client, and the join bootstrap
 //!   (fetch the CA over an unverified connection, check it against the token digest, then trust
 //!   only it).
@@ -23,7 +23,9 @@ pub mod tls;
 
 pub use client::RpcClient;
 pub use error::{Result, RpcError, Status};
-pub use pki::{renew_at, tokens_match, verify_ca_digest, NodeIdentity, NodeKey, Role, RootCa};
+pub use pki::{
+    renew_at, tokens_match, verify_ca_digest, IssuerInfo, NodeIdentity, NodeKey, Role, RootCa,
+};
 pub use server::{require, Peer, RpcBody, RpcServer};
 
 /// The default cluster (manager) port.

@@ -198,6 +198,26 @@ impl<T: Serialize> Body for NdjsonBody<T> {
     }
 }
 
+/// `200 OK` with opaque bytes (`application/octet-stream`), as a handler result.
+pub fn ok_bytes(bytes: impl Into<Bytes>) -> std::result::Result<Response<RpcBody>, Status> {
+    Ok(with_json_type(Response::new(full(bytes)), "application/octet-stream"))
+}
+
+/// Read an opaque request body of at most `limit` bytes: 413 when larger.
+pub async fn read_bytes(req: Request<Incoming>, limit: usize) -> std::result::Result<Bytes, Status> {
+    Ok(Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Status::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {limit} bytes"))
+            } else {
+                Status::bad_request(format!("reading the request body: {e}"))
+            }
+        })?
+        .to_bytes())
+}
+
 /// Read a JSON request body (at most [`MAX_REQUEST_BODY`]): 413 when larger, 400 when not JSON.
 /// An empty body reads as JSON `null`.
 pub async fn read_json<T: DeserializeOwned>(

@@ -2,12 +2,13 @@
 //! explicitly (no process-wide default provider is assumed or installed). TLS 1.3 and 1.2 only;
 //! rustls offers only ECDHE with AES-GCM or ChaCha20-Poly1305, matching swarmkit.
 //!
-//! - [`server_config`]: a manager's listener. Presents the manager's node certificate, verifies
-//!   client certificates against the cluster root CA, but also admits clients without a
+//! - [`server_config`]: a manager's listener. Presents the manager's node certificate chain,
+//!   verifies client certificates against the cluster root CA bundle (every certificate in the
+//!   CA PEM is a trust anchor: two during a root rotation), but also admits clients without a
 //!   certificate (a joining node has none yet); routes decide with [`crate::require`].
-//! - [`client_config`]: a node with a certificate. Trusts only the cluster CA and checks that the
-//!   server's certificate carries the DNS name `swarm-manager` (every manager cert has it, so a
-//!   manager's IP may change).
+//! - [`client_config`]: a node with a certificate (chain). Trusts only the cluster CA bundle and
+//!   checks that the server's certificate carries the DNS name `swarm-manager` (every manager
+//!   cert has it, so a manager's IP may change).
 //! - [`anonymous_client_config`]: the same trust, without a client certificate (the join call).
 //! - `insecure_bootstrap_config` (crate-private): accepts any server certificate; used only by
 //!   [`crate::client::fetch_root_ca`] to download the CA, which is then checked against the join
@@ -20,10 +21,12 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// The rustls config types the functions here build (re-exported so users need no rustls).
+pub use rustls::{ClientConfig, ServerConfig};
 
 use crate::error::{Result, RpcError};
-use crate::pki::cert_der_from_pem;
 
 /// The ALPN protocol both sides offer.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -40,11 +43,21 @@ fn tls<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RpcError + '_ {
     move |e| RpcError::TlsConfig(format!("{what}: {e}"))
 }
 
+/// Every certificate of the `ca_pem` bundle as a trust anchor (during a root rotation a node
+/// trusts the old and the new root).
 fn roots(ca_pem: &str) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(cert_der_from_pem(ca_pem)?)
-        .map_err(tls("adding the cluster root CA"))?;
+    let certs = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(tls("parsing the cluster root CA bundle"))?;
+    if certs.is_empty() {
+        return Err(RpcError::TlsConfig(
+            "no certificate in the cluster root CA bundle".into(),
+        ));
+    }
+    for cert in certs {
+        roots.add(cert).map_err(tls("adding the cluster root CA"))?;
+    }
     Ok(roots)
 }
 

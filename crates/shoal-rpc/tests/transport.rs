@@ -82,6 +82,12 @@ async fn route(
             let id = require(&peer, Role::Manager)?;
             server::ok(&json!({"node": id.node_id}))
         }
+        (Method::POST, "/v1/bytes") => {
+            require(&peer, Role::Manager)?;
+            let mut body = server::read_bytes(req, 16).await?.to_vec();
+            body.reverse();
+            server::ok_bytes(body)
+        }
         (Method::POST, "/v1/slow") => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             server::ok(&json!({}))
@@ -446,4 +452,23 @@ fn identities_read_from_issued_certs() {
     let renew = wid.renew_at();
     assert!(renew > std::time::SystemTime::now() + Duration::from_secs(44 * 86400));
     assert!(renew < std::time::SystemTime::now() + Duration::from_secs(73 * 86400));
+}
+
+#[tokio::test]
+async fn opaque_bytes_round_trip_with_a_size_limit() {
+    let c = cluster().await;
+    let manager = c.client(&c.manager);
+    let answer = manager.call_bytes("/v1/bytes", vec![0, 1, 2, 255]).await.unwrap();
+    assert_eq!(answer.as_ref(), &[255, 2, 1, 0]);
+    let err = manager.call_bytes("/v1/bytes", vec![7; 17]).await.unwrap_err();
+    assert_eq!(err.status(), Some(413), "{err}");
+    let err = c.client(&c.worker).call_bytes("/v1/bytes", vec![1]).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    // A client for another address keeps the identity (and fails to connect there).
+    let other = manager.for_addr("127.0.0.1:1".parse().unwrap());
+    assert_eq!(other.addr().port(), 1);
+    let err = other.call_bytes("/v1/bytes", vec![1]).await.unwrap_err();
+    assert!(matches!(err, RpcError::Connect { .. }), "{err}");
+    let same = manager.for_addr(c.addr());
+    assert_eq!(same.call_bytes("/v1/bytes", vec![1, 2]).await.unwrap().as_ref(), &[2, 1]);
 }

@@ -102,3 +102,27 @@ impl RuntimeError {
         RuntimeError::Sys { op, source }
     }
 }
+
+/// Runs the helper subcommand named by `argv[1]` (`shim` or `exec-helper`) and returns its exit
+/// code, or None for anything else. Call it first thing in `main`, before any thread exists:
+/// both helpers fork and the shim drives libcontainer, which must not run in a threaded process.
+pub fn helper_main(argv: &[String]) -> Option<i32> {
+    let rest = argv.get(2..).unwrap_or_default();
+    match argv.get(1).map(String::as_str) {
+        Some("shim") => Some(match ShimArgs::from_argv(rest) {
+            Ok(args) => shim_main(args),
+            Err(e) => {
+                eprintln!("shoal shim: {e}");
+                2
+            }
+        }),
+        Some("exec-helper") => Some(match ExecHelperArgs::from_argv(rest) {
+            Ok(args) => exec_helper_main(args),
+            Err(e) => {
+                eprintln!("shoal exec-helper: {e}");
+                2
+            }
+        }),
+        _ => None,
+    }
+}

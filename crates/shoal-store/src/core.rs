@@ -11,7 +11,7 @@ use chrono::Utc;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::impls::BasicNode;
 use openraft::type_config::async_runtime::WatchReceiver;
-use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use redb::Database;
 
 use crate::network::{Network, RaftRpc, RaftTransport, Reply, UnreachableTransport};
@@ -37,6 +37,10 @@ pub struct StoreOptions {
     /// A fresh store normally initialises a one-member group. With `join`, it stays empty and
     /// waits to be added (as a learner, then voter) by an existing leader.
     pub join: bool,
+    /// How often the leader sends Raft heartbeats (ms).
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in this range (ms) starts an election.
+    pub election_timeout_ms: (u64, u64),
 }
 
 impl Default for StoreOptions {
@@ -48,6 +52,8 @@ impl Default for StoreOptions {
             keep_logs_after_snapshot: 500,
             transport: Arc::new(UnreachableTransport),
             join: false,
+            heartbeat_ms: 200,
+            election_timeout_ms: (1000, 2000),
         }
     }
 }
@@ -60,6 +66,8 @@ impl std::fmt::Debug for StoreOptions {
             .field("snapshot_interval", &self.snapshot_interval)
             .field("keep_logs_after_snapshot", &self.keep_logs_after_snapshot)
             .field("join", &self.join)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("election_timeout_ms", &self.election_timeout_ms)
             .finish_non_exhaustive()
     }
 }
@@ -77,8 +85,41 @@ pub struct RaftStatus {
     pub purged_index: Option<u64>,
     /// Voting members: raft id -> address.
     pub voters: BTreeMap<u64, String>,
+    /// Non-voting members (learners catching up): raft id -> address.
+    pub learners: BTreeMap<u64, String>,
+    /// On the leader: for every other member, how long ago it last acknowledged a heartbeat or
+    /// replication (`None`: never since this node became leader). Empty on a follower.
+    pub peer_ack_age: BTreeMap<u64, Option<Duration>>,
+    /// On the leader: for every other member, the last log index it is known to hold
+    /// (`None`: none yet). Empty on a follower.
+    pub peer_matched: BTreeMap<u64, Option<u64>>,
     /// How long `open` waited for this node to become leader.
     pub time_to_leader: Option<Duration>,
+}
+
+impl RaftStatus {
+    /// The address of the current leader, if it is known and a member.
+    pub fn leader_addr(&self) -> Option<&str> {
+        let leader = self.leader?;
+        self.voters.get(&leader).or_else(|| self.learners.get(&leader)).map(String::as_str)
+    }
+
+    /// Every member (voters and learners): raft id -> address.
+    pub fn members(&self) -> BTreeMap<u64, String> {
+        let mut all = self.voters.clone();
+        all.extend(self.learners.iter().map(|(k, v)| (*k, v.clone())));
+        all
+    }
+}
+
+/// Who leads, as this node sees it (see [`crate::Store::leadership`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Leadership {
+    /// This node is the leader.
+    pub is_leader: bool,
+    /// The current leader's raft id, if one is known.
+    pub leader: Option<u64>,
+    pub term: u64,
 }
 
 pub(crate) struct Core<M: Codec> {
@@ -87,6 +128,9 @@ pub(crate) struct Core<M: Codec> {
     node_id: u64,
     time_to_leader: Option<Duration>,
     dir: PathBuf,
+    leadership: tokio::sync::watch::Receiver<Leadership>,
+    /// Serialises membership changes (openraft refuses overlapping ones).
+    membership_lock: tokio::sync::Mutex<()>,
 }
 
 impl<M: Codec> Drop for Core<M> {
@@ -99,6 +143,41 @@ impl<M: Codec> Drop for Core<M> {
             });
         }
     }
+}
+
+/// A failed write or membership change: `NotLeader` when this node cannot commit it.
+fn write_error(context: &str, e: RaftError<raft::TypeConfig, ClientWriteError<raft::TypeConfig>>) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NotLeader,
+        e => StoreError::internal(context, e),
+    }
+}
+
+/// Follows the Raft metrics and publishes who leads, deduplicated. Ends when Raft stops.
+fn spawn_leadership_watch<M: Codec>(raft: &Raft<M>) -> tokio::sync::watch::Receiver<Leadership> {
+    let mut metrics = raft.metrics();
+    let of = |m: &openraft::RaftMetrics<raft::TypeConfig>| Leadership {
+        is_leader: m.state == ServerState::Leader,
+        leader: m.current_leader,
+        term: m.current_term,
+    };
+    let first = of(&metrics.borrow_watched());
+    let (tx, rx) = tokio::sync::watch::channel(first);
+    tokio::spawn(async move {
+        while metrics.changed().await.is_ok() {
+            let now = of(&metrics.borrow_watched());
+            tx.send_if_modified(|cur| {
+                if *cur == now {
+                    false
+                } else {
+                    tracing::info!(is_leader = now.is_leader, leader = ?now.leader.map(|l| format!("{l:x}")), term = now.term, "raft leadership changed");
+                    *cur = now;
+                    true
+                }
+            });
+        }
+    });
+    rx
 }
 
 fn internal(context: &str) -> impl Fn(io::Error) -> StoreError + '_ {
@@ -158,11 +237,15 @@ impl<M: Codec> Core<M> {
         };
 
         let shared = Arc::new(Shared::<M>::new(applied, 4096));
+        let (election_min, election_max) = opts.election_timeout_ms;
         let config = Config {
             cluster_name: "shoal".to_string(),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            heartbeat_interval: opts.heartbeat_ms.max(10),
+            election_timeout_min: election_min.max(opts.heartbeat_ms.max(10) * 3),
+            election_timeout_max: election_max.max(election_min.max(opts.heartbeat_ms.max(10) * 3) + 1),
+            // A restarted or partitioned manager first asks whether it could win, so it does not
+            // depose a healthy leader by bumping the term.
+            enable_pre_vote: Some(true),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_interval.max(1)),
             max_in_snapshot_log_to_keep: opts.keep_logs_after_snapshot,
             // Purge as soon as a snapshot allows it (the purge point only moves on snapshots).
@@ -195,10 +278,8 @@ impl<M: Codec> Core<M> {
         let voters: Vec<u64> = raft.metrics().borrow_watched().membership_config.voter_ids().collect();
         let mut time_to_leader = None;
         if fresh || voters == [node_id] {
-            if !fresh {
-                // Sole voter: no one else can win, so skip the election timeout.
-                let _ = raft.trigger().elect(false).await;
-            }
+            // Sole voter: no one else can win, so skip the election timeout.
+            let _ = raft.trigger().elect(false).await;
             let m = raft
                 .wait(Some(Duration::from_secs(10)))
                 .state(ServerState::Leader, "become leader")
@@ -213,7 +294,20 @@ impl<M: Codec> Core<M> {
                 .map_err(|e| StoreError::internal("wait for recovery", e))?;
         }
         tracing::info!(node_id = %format!("{node_id:x}"), ?time_to_leader, fresh, "store opened");
-        Ok(Core { raft, shared, node_id, time_to_leader, dir: dir.to_path_buf() })
+        let leadership = spawn_leadership_watch(&raft);
+        Ok(Core {
+            raft,
+            shared,
+            node_id,
+            time_to_leader,
+            dir: dir.to_path_buf(),
+            leadership,
+            membership_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub(crate) fn leadership(&self) -> tokio::sync::watch::Receiver<Leadership> {
+        self.leadership.clone()
     }
 
     pub(crate) fn current(&self) -> Arc<Applied<M::Object>> {
@@ -244,7 +338,9 @@ impl<M: Codec> Core<M> {
     }
 
     pub(crate) fn status(&self) -> RaftStatus {
+        use openraft::Instant as _;
         let m = self.raft.metrics().borrow_watched().clone();
+        let learners: std::collections::BTreeSet<u64> = m.membership_config.membership().learner_ids().collect();
         RaftStatus {
             node_id: self.node_id,
             is_leader: m.state == ServerState::Leader,
@@ -261,6 +357,28 @@ impl<M: Codec> Core<M> {
                 .filter(|(id, _)| m.membership_config.voter_ids().any(|v| v == **id))
                 .map(|(id, n)| (*id, n.addr.clone()))
                 .collect(),
+            learners: m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| learners.contains(id))
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+            peer_ack_age: m
+                .heartbeat
+                .as_ref()
+                .map(|h| {
+                    h.iter()
+                        .filter(|(id, _)| **id != self.node_id)
+                        .map(|(id, at)| (*id, at.as_ref().map(|t| t.elapsed())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            peer_matched: m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().filter(|(id, _)| **id != self.node_id).map(|(id, l)| (*id, l.as_ref().map(|l| l.index()))).collect())
+                .unwrap_or_default(),
             time_to_leader: self.time_to_leader,
         }
     }
@@ -279,20 +397,74 @@ impl<M: Codec> Core<M> {
     }
 
     pub(crate) async fn add_learner(&self, id: u64, addr: &str) -> Result<(), StoreError> {
-        self.raft
-            .add_learner(id, BasicNode::new(addr), true)
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::internal("add learner", e))
+        let _g = self.membership_lock.lock().await;
+        self.raft.add_learner(id, BasicNode::new(addr), true).await.map(|_| ()).map_err(|e| write_error("add learner", e))
     }
 
     pub(crate) async fn change_voters(&self, voters: Vec<u64>) -> Result<(), StoreError> {
+        let _g = self.membership_lock.lock().await;
         let set: std::collections::BTreeSet<u64> = voters.into_iter().collect();
+        self.raft.change_membership(set, false).await.map(|_| ()).map_err(|e| write_error("change membership", e))
+    }
+
+    /// Add `id` (at `addr`) as a learner, wait until it has caught up, then make it a voter.
+    pub(crate) async fn add_voter(&self, id: u64, addr: &str) -> Result<(), StoreError> {
+        let _g = self.membership_lock.lock().await;
+        let is_voter = self.raft.metrics().borrow_watched().membership_config.voter_ids().any(|v| v == id);
+        if is_voter {
+            return Ok(());
+        }
+        self.raft.add_learner(id, BasicNode::new(addr), true).await.map_err(|e| write_error("add learner", e))?;
+        let ids: std::collections::BTreeSet<u64> = [id].into();
         self.raft
-            .change_membership(set, false)
+            .change_membership(ChangeMembers::AddVoterIds(ids), true)
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::internal("change membership", e))
+            .map_err(|e| write_error("add voter", e))
+    }
+
+    /// Remove `id` from the group (voter or learner). Removing an unknown id is a no-op.
+    pub(crate) async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        let _g = self.membership_lock.lock().await;
+        let (is_voter, is_learner) = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            let voter = m.membership_config.voter_ids().any(|v| v == id);
+            let learner = m.membership_config.membership().learner_ids().any(|l| l == id);
+            (voter, learner)
+        };
+        let ids: std::collections::BTreeSet<u64> = [id].into();
+        if is_voter {
+            // `retain = false`: the removed voter is not kept as a learner.
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(ids), false)
+                .await
+                .map(|_| ())
+                .map_err(|e| write_error("remove voter", e))
+        } else if is_learner {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                .await
+                .map(|_| ())
+                .map_err(|e| write_error("remove learner", e))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Record `addr` as member `id`'s address (its voting status unchanged).
+    pub(crate) async fn set_member_addr(&self, id: u64, addr: &str) -> Result<(), StoreError> {
+        let _g = self.membership_lock.lock().await;
+        let nodes: BTreeMap<u64, BasicNode> = [(id, BasicNode::new(addr))].into();
+        self.raft
+            .change_membership(ChangeMembers::SetNodes(nodes), true)
+            .await
+            .map(|_| ())
+            .map_err(|e| write_error("set member address", e))
+    }
+
+    /// Ask the leader (this node) to hand leadership to `to`.
+    pub(crate) async fn transfer_leader(&self, to: u64) -> Result<(), StoreError> {
+        self.raft.trigger().transfer_leader(to).await.map_err(|e| StoreError::internal("transfer leadership", e))
     }
 
     /// Serve one Raft message from a peer (see [`crate::network`]).

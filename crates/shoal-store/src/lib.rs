@@ -25,7 +25,7 @@ use std::sync::Arc;
 use shoal_types::{AnyObject, Kind, Object};
 use tokio::sync::{broadcast, Mutex};
 
-pub use crate::core::{RaftStatus, StoreOptions};
+pub use crate::core::{Leadership, RaftStatus, StoreOptions};
 pub use crate::error::StoreError;
 pub use crate::metrics::CommitStats;
 pub use crate::network::{RaftRpc, RaftTransport, TransportError, TransportFuture, UnreachableTransport};
@@ -297,14 +297,44 @@ impl Store {
         self.inner.core.handle_rpc(rpc, body).await
     }
 
-    /// Add a manager as a non-voting learner (multi-manager groundwork; needs a real transport).
+    /// Who leads, as this node sees it; changes when leadership moves (a new term, a leader
+    /// elected or lost). Manager components start and stop their leader-only work from it.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<Leadership> {
+        self.inner.core.leadership()
+    }
+
+    /// Add a manager as a non-voting learner and wait until it has caught up (leader only:
+    /// `NotLeader` elsewhere).
     pub async fn add_learner(&self, raft_id: u64, addr: &str) -> Result<(), StoreError> {
         self.inner.core.add_learner(raft_id, addr).await
     }
 
-    /// Set the voting members (multi-manager groundwork; needs a real transport).
+    /// Set the voting members; every new voter must already be a learner (leader only).
     pub async fn change_voters(&self, raft_ids: Vec<u64>) -> Result<(), StoreError> {
         self.inner.core.change_voters(raft_ids).await
+    }
+
+    /// Add a manager at `addr` as a learner, wait until it has caught up, then make it a voter
+    /// (leader only). A no-op for a member that already votes.
+    pub async fn add_voter(&self, raft_id: u64, addr: &str) -> Result<(), StoreError> {
+        self.inner.core.add_voter(raft_id, addr).await
+    }
+
+    /// Remove a member (voter or learner) from the group (leader only). Unknown ids are a no-op.
+    /// A leader that removes itself hands leadership to another voter shortly after.
+    pub async fn remove_member(&self, raft_id: u64) -> Result<(), StoreError> {
+        self.inner.core.remove_member(raft_id).await
+    }
+
+    /// Record `addr` as the address of member `raft_id` (leader only), e.g. a manager whose
+    /// store was created before its address was known.
+    pub async fn set_member_addr(&self, raft_id: u64, addr: &str) -> Result<(), StoreError> {
+        self.inner.core.set_member_addr(raft_id, addr).await
+    }
+
+    /// Hand leadership to voter `raft_id` (leader only; best effort, returns at once).
+    pub async fn transfer_leader(&self, raft_id: u64) -> Result<(), StoreError> {
+        self.inner.core.transfer_leader(raft_id).await
     }
 
     /// Stop the Raft node. Further writes fail; reads keep working on the last state.

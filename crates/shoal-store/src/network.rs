@@ -1,8 +1,10 @@
 //! Raft transport seam. Raft messages cross the crate boundary as opaque bytes: the sending side
 //! hands `(target, addr, rpc, body)` to a [`RaftTransport`]; the receiving side passes the bytes
-//! to [`crate::Store::handle_raft_rpc`] and returns its reply bytes. The mTLS transport (issue 4)
-//! implements [`RaftTransport`]; until then [`UnreachableTransport`] refuses every call, which is
-//! all a one-member group needs.
+//! to [`crate::Store::handle_raft_rpc`] and returns its reply bytes. shoal-swarm implements
+//! [`RaftTransport`] over the managers' mutual-TLS cluster port (`POST /v1/raft/{rpc}`, with
+//! [`RaftRpc::as_str`] as `{rpc}`); [`UnreachableTransport`] refuses every call, which is all a
+//! one-member group needs. Raft ids are random per store (persisted in it); the membership maps
+//! each id to the manager's cluster address (`ip:port`), which is how callers find the node.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::raft::TypeConfig;
+use crate::StoreError;
 
 /// Which Raft RPC a message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -31,6 +34,40 @@ pub enum RaftRpc {
     /// A whole snapshot in one message.
     Snapshot,
     TransferLeader,
+}
+
+impl RaftRpc {
+    /// Every message kind.
+    pub const ALL: [RaftRpc; 5] =
+        [RaftRpc::AppendEntries, RaftRpc::Vote, RaftRpc::PreVote, RaftRpc::Snapshot, RaftRpc::TransferLeader];
+
+    /// The name used on the wire (the `{rpc}` of `POST /v1/raft/{rpc}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RaftRpc::AppendEntries => "append-entries",
+            RaftRpc::Vote => "vote",
+            RaftRpc::PreVote => "pre-vote",
+            RaftRpc::Snapshot => "snapshot",
+            RaftRpc::TransferLeader => "transfer-leader",
+        }
+    }
+}
+
+impl std::fmt::Display for RaftRpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RaftRpc {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        RaftRpc::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown raft message kind {s:?}")))
+    }
 }
 
 /// A transport failure.

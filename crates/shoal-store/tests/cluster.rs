@@ -96,3 +96,83 @@ async fn second_manager_joins_via_snapshot() {
     b.shutdown().await.unwrap();
     mesh.nodes.lock().unwrap().clear();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_managers_fail_over_and_change_membership() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mesh = Arc::new(Mesh::default());
+    let opts = |addr: &str, join: bool| StoreOptions {
+        addr: addr.to_string(),
+        transport: Arc::new(MeshTransport(mesh.clone())),
+        join,
+        heartbeat_ms: 50,
+        election_timeout_ms: (300, 600),
+        ..Default::default()
+    };
+    let a = Store::open(dirs[0].path(), opts("a:2377", false)).await.unwrap();
+    mesh.nodes.lock().unwrap().insert(a.raft_id(), a.clone());
+    assert!(a.leadership().borrow().is_leader);
+    let mut stores = vec![a.clone()];
+    for (i, name) in ["b:2377", "c:2377"].into_iter().enumerate() {
+        let s = Store::open(dirs[i + 1].path(), opts(name, true)).await.unwrap();
+        mesh.nodes.lock().unwrap().insert(s.raft_id(), s.clone());
+        a.add_voter(s.raft_id(), name).await.unwrap();
+        // Adding a voter twice is a no-op.
+        a.add_voter(s.raft_id(), name).await.unwrap();
+        stores.push(s);
+    }
+    let st = a.raft_status();
+    assert_eq!(st.voters.len(), 3);
+    assert!(st.learners.is_empty());
+    assert_eq!(st.leader_addr(), Some("a:2377"));
+    eventually("acks from both followers", || {
+        let st = a.raft_status();
+        st.peer_ack_age.len() == 2 && st.peer_ack_age.values().all(|age| age.is_some())
+    })
+    .await;
+    let s = svc("replicated");
+    let id = s.id.clone();
+    a.update(move |tx| tx.create(s)).await.unwrap();
+    for s in &stores {
+        eventually("replication", || s.view().get::<Service>(&id).is_some()).await;
+        assert_eq!(s.raft_status().leader, Some(a.raft_id()));
+    }
+
+    // The leader dies: one of the others takes over and keeps writing.
+    mesh.nodes.lock().unwrap().remove(&a.raft_id());
+    a.shutdown().await.unwrap();
+    let (b, c) = (stores[1].clone(), stores[2].clone());
+    let watch = b.leadership();
+    eventually("a new leader", || {
+        let (lb, lc) = (b.raft_status(), c.raft_status());
+        lb.leader.is_some() && lb.leader != Some(a.raft_id()) && lb.leader == lc.leader
+    })
+    .await;
+    assert!(watch.has_changed().unwrap());
+    let leader = if b.raft_status().is_leader { b.clone() } else { c.clone() };
+    let follower = if b.raft_status().is_leader { c.clone() } else { b.clone() };
+    assert!(leader.leadership().borrow().is_leader);
+    assert!(!follower.leadership().borrow().is_leader);
+    let s = svc("after-failover");
+    let id2 = s.id.clone();
+    leader.update(move |tx| tx.create(s)).await.unwrap();
+    eventually("replication after failover", || follower.view().get::<Service>(&id2).is_some()).await;
+    eventually("the dead leader unacknowledged", || {
+        leader.raft_status().peer_ack_age.get(&a.raft_id()).is_some_and(|age| age.is_none_or(|d| d > Duration::from_millis(200)))
+    })
+    .await;
+
+    // Remove the dead member: two voters remain and still commit.
+    leader.remove_member(a.raft_id()).await.unwrap();
+    assert_eq!(leader.raft_status().voters.len(), 2);
+    leader.remove_member(a.raft_id()).await.unwrap(); // unknown now: no-op
+    let err = follower.remove_member(leader.raft_id()).await.unwrap_err();
+    assert_eq!(err, StoreError::NotLeader);
+    let s = svc("two-voters");
+    leader.update(move |tx| tx.create(s)).await.unwrap();
+
+    for s in [&b, &c] {
+        s.shutdown().await.unwrap();
+    }
+    mesh.nodes.lock().unwrap().clear();
+}

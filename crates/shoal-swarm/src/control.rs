@@ -1,5 +1,7 @@
 //! The control API: reads and validated, versioned writes of cluster objects (swarmkit's
-//! controlapi). Every write goes through one store transaction that re-checks what it read.
+//! controlapi). Reads come from this manager's replica. A write is checked here as far as it
+//! can be (specs, names, images), then runs on the leader as a [`ControlOp`] (`managers.rs`):
+//! the `commit_*` methods, each one store transaction that re-checks what it read.
 
 use chrono::Utc;
 
@@ -8,12 +10,15 @@ use shoal_types::{
     SwarmSpec, Task, TaskState, UpdateState, UpdateStatus,
 };
 
+use tracing::info;
+
 use crate::ca;
 use crate::error::{Result, SwarmError};
+use crate::managers::ControlOp;
 use crate::Swarm;
 
 /// Finds an object by full ID, exact name, or unique ID prefix (moby's lookup rules).
-fn lookup<T: Clone>(kind: &'static str, items: Vec<T>, reference: &str, id: impl Fn(&T) -> &str, name: impl Fn(&T) -> &str) -> Result<T> {
+pub(crate) fn lookup<T: Clone>(kind: &'static str, items: Vec<T>, reference: &str, id: impl Fn(&T) -> &str, name: impl Fn(&T) -> &str) -> Result<T> {
     if let Some(found) = items.iter().find(|i| id(i) == reference) {
         return Ok(found.clone());
     }
@@ -33,7 +38,7 @@ fn lookup<T: Clone>(kind: &'static str, items: Vec<T>, reference: &str, id: impl
 }
 
 /// swarmkit: names must be valid DNS name components, at most 63 characters.
-fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -178,17 +183,53 @@ impl Swarm {
         Ok(cluster.store_only.map(|s| s.unlock_key).unwrap_or_default())
     }
 
+    /// `POST /swarm/update`: the new spec, token/unlock-key rotation, and the CA: a changed
+    /// `CAConfig.ForceRotate` or a `SigningCACert`/`SigningCAKey` pair starts a root rotation
+    /// (see `ca.rs`); `NodeCertExpiry` applies to certificates issued from now on, and nodes
+    /// whose certificates are longer renew (see `certs.rs`). The signing CA cert and key are
+    /// never stored in the spec.
     pub async fn update_cluster(&self, version: u64, spec: SwarmSpec, rotate_worker: bool, rotate_manager: bool, rotate_unlock: bool) -> Result<()> {
+        self.store()?;
+        self.write(ControlOp::UpdateCluster { version, spec, rotate_worker, rotate_manager, rotate_unlock }).await
+    }
+
+    /// [`Swarm::update_cluster`] on the leader.
+    pub(crate) async fn commit_update_cluster(&self, version: u64, mut spec: SwarmSpec, rotate_worker: bool, rotate_manager: bool, rotate_unlock: bool) -> Result<()> {
         let store = self.store()?;
         if !spec.name.is_empty() && spec.name != "default" {
             return Err(SwarmError::Invalid("modification of cluster name is not allowed".into()));
         }
         if spec.ca_config.node_cert_expiry != 0 && spec.ca_config.node_cert_expiry < 3600 * 1_000_000_000 {
-            return Err(SwarmError::Invalid("minimum certificate expiry time is 1h0m0s".into()));
+            return Err(SwarmError::Invalid("minimum certificate expiry time is: 1h0m0s".into()));
         }
         if spec.dispatcher.heartbeat_period < 0 {
             return Err(SwarmError::Invalid("heartbeat period must be positive".into()));
         }
+        // The CA part is decided on the cluster as the caller saw it (`version`); the write
+        // below fails if it changed meanwhile.
+        let current = store.view().list::<Cluster>().into_iter().next().ok_or_else(|| SwarmError::Internal("the cluster object is missing".into()))?;
+        if current.meta.version.index != version {
+            return Err(SwarmError::OutOfSequence);
+        }
+        let request = ca::rotation_request(&current, &spec.ca_config)?;
+        let target = match &request {
+            ca::RotationRequest::Generate => Some(ca::generate_root_ca()?),
+            ca::RotationRequest::To { cert_pem, key_pem } => {
+                Some(shoal_rpc::RootCa::from_pem(cert_pem, key_pem).map_err(|e| SwarmError::Invalid(format!("invalid signing CA: {e}")))?)
+            }
+            ca::RotationRequest::Keep | ca::RotationRequest::Abort => None,
+        };
+        if let Some(target) = &target {
+            // Fail here, with the reason, if the new root cannot be cross-signed.
+            ca::start_rotation(&mut current.clone(), target)?;
+            info!(force_rotate = spec.ca_config.force_rotate, given = matches!(request, ca::RotationRequest::To { .. }), "starting a root CA rotation");
+        } else if request == ca::RotationRequest::Abort {
+            info!("aborting the root CA rotation: the current root was asked for");
+        }
+        spec.ca_config.signing_ca_cert.clear();
+        spec.ca_config.signing_ca_key.clear();
+        let force_rotate = spec.ca_config.force_rotate;
+        let ca_failed = |e: SwarmError| shoal_store::StoreError::Internal(e.to_string());
         store
             .update(move |tx| {
                 let mut cluster = tx.list::<Cluster>().into_iter().next().ok_or_else(|| shoal_store::StoreError::Internal("no cluster".into()))?;
@@ -198,6 +239,14 @@ impl Swarm {
                 let name = cluster.spec.name.clone();
                 cluster.spec = spec.merged_with_defaults();
                 cluster.spec.name = name;
+                match (&request, &target) {
+                    (_, Some(target)) => ca::start_rotation(&mut cluster, target).map_err(ca_failed)?,
+                    (ca::RotationRequest::Abort, None) => ca::abort_rotation(&mut cluster).map_err(ca_failed)?,
+                    _ => {}
+                }
+                if let Some(s) = cluster.store_only.as_mut() {
+                    s.last_forced_rotation = force_rotate;
+                }
                 let digest = cluster
                     .store_only
                     .as_ref()
@@ -222,8 +271,12 @@ impl Swarm {
 
     // ---- nodes ----
 
+    /// Every node; a manager's `ManagerStatus.Leader` says who leads as this manager sees it.
     pub fn nodes(&self) -> Result<Vec<Node>> {
-        Ok(self.store()?.view().list::<Node>())
+        let store = self.store()?;
+        let mut nodes = store.view().list::<Node>();
+        crate::managers::overlay_leader(&mut nodes, store.raft_status().leader_addr());
+        Ok(nodes)
     }
 
     pub fn find_node(&self, reference: &str) -> Result<Node> {
@@ -238,10 +291,21 @@ impl Swarm {
         lookup("node", nodes, reference, |n| &n.id, |n| &n.description.hostname)
     }
 
+    /// `POST /nodes/{id}/update` (also `docker node promote/demote`: the role in the spec).
     pub async fn update_node(&self, reference: &str, version: u64, spec: shoal_types::NodeSpec) -> Result<()> {
-        let store = self.store()?;
         let node = self.find_node(reference)?;
-        let id = node.id.clone();
+        self.write(ControlOp::UpdateNode { id: node.id, version, spec }).await
+    }
+
+    /// [`Swarm::update_node`] on the leader, with swarmkit's demotion checks: never the last
+    /// manager, never a demotion that would leave the reachable managers short of a quorum.
+    pub(crate) async fn commit_update_node(&self, id: String, version: u64, spec: shoal_types::NodeSpec) -> Result<()> {
+        let store = self.store()?;
+        let status = store.raft_status();
+        let period = crate::dispatcher::heartbeat_period(store.view().list::<Cluster>().first());
+        let reachable = crate::managers::voter_reachability(&status, (period * crate::dispatcher::GRACE_PERIODS).max(std::time::Duration::from_secs(2)));
+        let members = status.members();
+        let role = spec.role;
         store
             .update(move |tx| {
                 let mut node = tx.get::<Node>(&id).ok_or_else(|| shoal_store::StoreError::NotFound { kind: "node".into(), id: id.clone() })?;
@@ -253,6 +317,12 @@ impl Swarm {
                     if managers <= 1 {
                         return Err(shoal_store::StoreError::Invalid("attempting to demote the last manager of the swarm".into()));
                     }
+                    let member = node.manager_status.as_ref().and_then(|ms| crate::managers::member_at(&members, &ms.addr));
+                    if let Some(member) = member {
+                        if !crate::managers::can_remove_member(&reachable, member) {
+                            return Err(shoal_store::StoreError::Invalid("can't remove member from the raft: this would result in a loss of quorum".into()));
+                        }
+                    }
                 }
                 node.spec = spec;
                 tx.update(node)
@@ -261,12 +331,22 @@ impl Swarm {
             .map_err(|e| match e {
                 shoal_store::StoreError::Invalid(m) => SwarmError::FailedPrecondition(m),
                 other => other.into(),
-            })
+            })?;
+        info!(role = ?role, "node updated");
+        Ok(())
     }
 
+    /// `DELETE /nodes/{id}`: refused for a manager (it must be demoted first) and, without
+    /// `force`, for a node that is not down.
     pub async fn remove_node(&self, reference: &str, force: bool) -> Result<()> {
-        let store = self.store()?;
         let node = self.find_node(reference)?;
+        self.write(ControlOp::RemoveNode { id: node.id, force }).await
+    }
+
+    /// [`Swarm::remove_node`] on the leader.
+    pub(crate) async fn commit_remove_node(&self, id: String, force: bool) -> Result<()> {
+        let store = self.store()?;
+        let node = store.view().get::<Node>(&id).ok_or_else(|| SwarmError::NotFound { kind: "node", reference: id.clone() })?;
         if node.spec.role == NodeRole::Manager || node.manager_status.is_some() {
             return Err(SwarmError::FailedPrecondition(format!(
                 "node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal",
@@ -276,7 +356,6 @@ impl Swarm {
         if !force && node.status.state != NodeState::Down {
             return Err(SwarmError::FailedPrecondition(format!("node {} is not down and can't be removed", node.id)));
         }
-        let id = node.id.clone();
         store.update(move |tx| tx.delete::<Node>(&id)).await?;
         Ok(())
     }
@@ -309,15 +388,22 @@ impl Swarm {
 
     /// `POST /services/create`: returns the new service's ID.
     pub async fn create_service(&self, mut spec: ServiceSpec) -> Result<String> {
-        let store = self.store()?;
+        self.store()?;
         if spec.name.is_empty() {
             spec.name = shoal_engine::random_name();
         }
         validate_service_spec(&spec)?;
+        self.resolve_service_networks(&mut spec)?;
         let image = spec.task_template.container_spec.image.clone();
         self.ensure_image(&image).await?;
         let id = shoal_types::new_id();
-        let service_id = id.clone();
+        self.write::<()>(ControlOp::CreateService { id: id.clone(), spec }).await?;
+        Ok(id)
+    }
+
+    /// [`Swarm::create_service`] on the leader: the spec was checked by the first manager.
+    pub(crate) async fn commit_create_service(&self, service_id: String, spec: ServiceSpec) -> Result<()> {
+        let store = self.store()?;
         store
             .update(move |tx| {
                 let services = tx.list::<Service>();
@@ -338,12 +424,11 @@ impl Swarm {
                 shoal_store::StoreError::Invalid(m) => SwarmError::Invalid(m),
                 other => other.into(),
             })?;
-        Ok(id)
+        Ok(())
     }
 
     /// `POST /services/{id}/update` (with `rollback=previous` for a server-side rollback).
-    pub async fn update_service(&self, reference: &str, version: u64, spec: ServiceSpec, rollback: bool) -> Result<()> {
-        let store = self.store()?;
+    pub async fn update_service(&self, reference: &str, version: u64, mut spec: ServiceSpec, rollback: bool) -> Result<()> {
         let current = self.find_service(reference)?;
         if !rollback {
             if spec.name != current.spec.name {
@@ -353,11 +438,17 @@ impl Swarm {
                 return Err(SwarmError::Unimplemented("service mode change is not allowed".into()));
             }
             validate_service_spec(&spec)?;
+            self.resolve_service_networks(&mut spec)?;
             if spec.task_template.container_spec.image != current.spec.task_template.container_spec.image {
                 self.ensure_image(&spec.task_template.container_spec.image).await?;
             }
         }
-        let id = current.id.clone();
+        self.write(ControlOp::UpdateService { id: current.id, version, spec, rollback }).await
+    }
+
+    /// [`Swarm::update_service`] on the leader.
+    pub(crate) async fn commit_update_service(&self, id: String, version: u64, spec: ServiceSpec, rollback: bool) -> Result<()> {
+        let store = self.store()?;
         store
             .update(move |tx| {
                 let mut service = tx.get::<Service>(&id).ok_or_else(|| shoal_store::StoreError::NotFound { kind: "service".into(), id: id.clone() })?;
@@ -395,10 +486,20 @@ impl Swarm {
     }
 
     pub async fn remove_service(&self, reference: &str) -> Result<()> {
-        let store = self.store()?;
         let service = self.find_service(reference)?;
-        let id = service.id.clone();
-        store.update(move |tx| tx.delete::<Service>(&id)).await?;
+        self.write(ControlOp::RemoveService { id: service.id }).await
+    }
+
+    /// [`Swarm::remove_service`] on the leader.
+    pub(crate) async fn commit_remove_service(&self, id: String) -> Result<()> {
+        let store = self.store()?;
+        store
+            .update(move |tx| tx.delete::<Service>(&id))
+            .await
+            .map_err(|e| match e {
+                shoal_store::StoreError::NotFound { id, .. } => SwarmError::NotFound { kind: "service", reference: id },
+                other => other.into(),
+            })?;
         Ok(())
     }
 

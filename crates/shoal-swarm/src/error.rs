@@ -8,6 +8,8 @@ pub enum ErrorKind {
     InvalidArgument,
     NotFound,
     Conflict,
+    /// Docker answers 403 (e.g. gRPC `PermissionDenied`).
+    Forbidden,
     /// Not a manager / not in a swarm / not ready (Docker answers 503).
     Unavailable,
     Unimplemented,
@@ -37,6 +39,11 @@ pub enum SwarmError {
     BadRequest(String),
     #[error("rpc error: code = AlreadyExists desc = {0}")]
     AlreadyExists(String),
+    /// A plain 409 whose text dockerd prints without the rpc prefix.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("rpc error: code = PermissionDenied desc = {0}")]
+    PermissionDenied(String),
     #[error("rpc error: code = Unknown desc = update out of sequence")]
     OutOfSequence,
     #[error("rpc error: code = Unimplemented desc = {0}")]
@@ -47,6 +54,10 @@ pub enum SwarmError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// An error the leader returned for a write this manager forwarded: the leader's text and
+    /// class, unchanged.
+    #[error("{message}")]
+    Remote { kind: ErrorKind, message: String },
 }
 
 impl SwarmError {
@@ -63,10 +74,42 @@ impl SwarmError {
             | SwarmError::Invalid(_)
             | SwarmError::BadRequest(_)
             | SwarmError::FailedPrecondition(_) => ErrorKind::InvalidArgument,
-            SwarmError::AlreadyExists(_) => ErrorKind::Conflict,
+            SwarmError::AlreadyExists(_) | SwarmError::Conflict(_) => ErrorKind::Conflict,
+            SwarmError::PermissionDenied(_) => ErrorKind::Forbidden,
             SwarmError::Unimplemented(_) => ErrorKind::Unimplemented,
             SwarmError::OutOfSequence | SwarmError::Internal(_) => ErrorKind::Internal,
+            SwarmError::Remote { kind, .. } => *kind,
         }
+    }
+}
+
+impl ErrorKind {
+    /// The name used when an error crosses the cluster port.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Unimplemented => "unimplemented",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The kind named `s` ([`ErrorKind::as_str`]); unknown names are `Internal`.
+    pub fn parse(s: &str) -> ErrorKind {
+        [
+            ErrorKind::InvalidArgument,
+            ErrorKind::NotFound,
+            ErrorKind::Conflict,
+            ErrorKind::Forbidden,
+            ErrorKind::Unavailable,
+            ErrorKind::Unimplemented,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .unwrap_or(ErrorKind::Internal)
     }
 }
 

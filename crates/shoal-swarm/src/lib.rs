@@ -1,35 +1,47 @@
 //! shoal-swarm: this node's membership in a swarm.
 //!
-//! It owns the node's swarm lifecycle — `init`, (later) `join`, `leave`, resuming after a daemon
-//! restart — and the local swarm state under `<data-root>/swarm`: the state file, the Raft store
-//! directory, and which of the store, the manager control loops and the agent run here. It also
+//! It owns the node's swarm lifecycle — `init`, `join` (as a worker or a manager), `leave`,
+//! promotion and demotion, resuming after a daemon restart — and the local swarm state under
+//! `<data-root>/swarm`: the state file, the Raft store directory, and which of the store, the
+//! manager control loops and the agent run here. Managers form one Raft group over their
+//! cluster ports (`managers.rs`, `peers.rs`); only the leader runs the control loops. It also
 //! owns the control API (`control.rs`): validating requests and turning them into versioned store
-//! writes, the way swarmkit's controlapi does. It must not know HTTP or Docker's wire framing
-//! (the API crate calls it) and never touches containers itself (the agent does, through the
-//! engine).
+//! writes on the leader, the way swarmkit's controlapi does. It must not know HTTP or Docker's
+//! wire framing (the API crate calls it) and never touches containers itself (the agent does,
+//! through the engine).
 
 mod ca;
+mod certs;
 pub mod control;
 mod dispatcher;
 mod error;
 mod logs;
+mod managers;
+pub mod networks;
+mod peers;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use shoal_agent::remote::wire::RemoteManager;
 use shoal_rpc::{NodeIdentity, NodeKey, Role, RpcClient, RpcError, RpcServer};
 use shoal_store::{Store, StoreOptions};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use shoal_types::{
     Cluster, ClusterSecrets, InitRequest, JoinRequest, JoinTokens, ManagerStatus, Node, NodeRole, NodeSpec, NodeState,
     NodeStatus, Reachability,
 };
 
 use dispatcher::{Dispatcher, JoinRpcRequest, JoinRpcResponse, JOIN_PATH};
+use managers::{ControlOp, ControlReply, ControlRequest, ManagerControlPlane, CONTROL_PATH};
+use peers::{Peers, Purpose, RaftOverRpc};
 
 pub use error::{ErrorKind, Result, SwarmError};
 pub use logs::{LogLine, LogOptions};
@@ -94,15 +106,27 @@ struct Active {
     state: LocalState,
     /// The replicated store; only on managers.
     store: Option<Store>,
-    manager: tokio::sync::Mutex<Option<shoal_manager::ManagerHandle>>,
+    /// A manager's clients to the other managers (Raft, forwarded writes).
+    peers: Option<Arc<Peers>>,
+    /// A worker's control plane (its manager list).
+    remote: Option<Arc<shoal_agent::RemoteControlPlane>>,
+    /// A manager's leader-only work (`managers::spawn_leadership`): its stop switch and task.
+    leadership: tokio::sync::Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
     agent: shoal_agent::AgentHandle,
-    /// A manager's cluster port (CA server + dispatcher) and its node-health loop.
+    /// A manager's cluster port (CA server, dispatcher, Raft) and its node-health loop.
     cluster_port: std::sync::Mutex<Option<ClusterPort>>,
+    /// This node's certificate loop (renewal, trust roots; on managers also the CA
+    /// reconciler), `certs.rs`.
+    cert_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Other background work of this membership (a worker's manager-list persistence).
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct ClusterPort {
-    _server: RpcServer,
-    health: tokio::task::JoinHandle<()>,
+    /// The certificate loop holds a weak reference, to swap the TLS config.
+    server: Arc<RpcServer>,
+    dispatcher: Arc<Dispatcher>,
+    health: JoinHandle<()>,
 }
 
 impl Drop for ClusterPort {
@@ -115,11 +139,20 @@ impl Active {
     /// Stops the agent, the manager loops, the cluster port and the store (containers keep
     /// running).
     async fn stop(&self) {
-        self.agent.stop().await;
-        drop(self.cluster_port.lock().unwrap_or_else(|p| p.into_inner()).take());
-        if let Some(m) = self.manager.lock().await.take() {
-            m.stop().await;
+        let cert_task = self.cert_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = cert_task {
+            t.abort();
+            let _ = t.await;
         }
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+        self.agent.stop().await;
+        if let Some((stop, task)) = self.leadership.lock().await.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+        drop(self.cluster_port.lock().unwrap_or_else(|p| p.into_inner()).take());
         if let Some(store) = &self.store {
             if let Err(e) = store.shutdown().await {
                 warn!(error = %e, "store shutdown failed");
@@ -137,12 +170,20 @@ pub struct Swarm {
 struct Inner {
     engine: shoal_engine::Engine,
     dir: PathBuf,
-    /// Serialises init/join/leave.
+    /// Serialises init/join/leave and role changes.
     lifecycle: tokio::sync::Mutex<()>,
     active: RwLock<Option<Arc<Active>>>,
+    /// A role change (promotion, demotion) is under way.
+    changing_role: AtomicBool,
 }
 
 const DEFAULT_PORT: u16 = 2377;
+/// How long a new manager's replica may take to show the cluster after it joined Raft.
+const REPLICA_WAIT: Duration = Duration::from_secs(30);
+/// How long a new manager keeps asking to be admitted into Raft.
+const ADMISSION_WAIT: Duration = Duration::from_secs(90);
+/// How long a demoted manager keeps its Raft member running for the leader to remove it.
+const DEMOTION_WAIT: Duration = Duration::from_secs(10);
 
 impl Swarm {
     /// Opens the swarm state under `<data-root>/swarm` and, if this node was in a swarm,
@@ -154,6 +195,7 @@ impl Swarm {
                 dir: data_root.join("swarm"),
                 lifecycle: tokio::sync::Mutex::new(()),
                 active: RwLock::new(None),
+                changing_role: AtomicBool::new(false),
             }),
         };
         let state_path = swarm.inner.dir.join("state.json");
@@ -162,8 +204,17 @@ impl Swarm {
                 .map_err(|e| SwarmError::Internal(format!("reading {}: {e}", state_path.display())))?;
             let _guard = swarm.inner.lifecycle.lock().await;
             if state.is_manager() {
-                let store = swarm.open_store().await?;
-                swarm.mark_self_ready(&store, &state).await?;
+                let peers = Peers::new();
+                // `join`: never start a new group here, whatever is on disk.
+                let store = swarm.open_store(&state.advertise_addr, &peers, true).await?;
+                if store.raft_status().is_leader {
+                    // The only manager: nobody else will mark it ready. (A restarted member of
+                    // a larger group may briefly believe it still leads: then the new leader
+                    // marks it instead.)
+                    if let Err(e) = swarm.mark_self_ready(&store, &state).await {
+                        warn!(error = %e, "marking this manager ready failed; the leader will");
+                    }
+                }
                 let listener = match bind_cluster_port(&state.listen_addr).await {
                     Ok(l) => Some(l),
                     Err(e) => {
@@ -171,10 +222,10 @@ impl Swarm {
                         None
                     }
                 };
-                swarm.activate_manager(state, store, listener).await?;
+                swarm.activate_manager(state, store, peers, listener).await?;
             } else {
-                let (ca, cert, key) = swarm.read_certs()?;
-                swarm.activate_worker(state, &ca, &cert, &key)?;
+                let identity = certs::read_identity(&swarm.certs_dir())?;
+                swarm.activate_worker(state, identity)?;
             }
             info!("resumed swarm membership");
         }
@@ -201,119 +252,135 @@ impl Swarm {
         &self.inner.engine
     }
 
-    async fn open_store(&self) -> Result<Store> {
-        let dir = self.inner.dir.join("raft");
+    fn raft_dir(&self) -> PathBuf {
+        self.inner.dir.join("raft")
+    }
+
+    /// Open (or create) this manager's store. `addr` is its cluster address (its Raft
+    /// address); with `join`, a fresh store waits to be added to the existing group.
+    async fn open_store(&self, addr: &str, peers: &Arc<Peers>, join: bool) -> Result<Store> {
+        let dir = self.raft_dir();
         std::fs::create_dir_all(&dir).map_err(|e| SwarmError::Internal(format!("creating {}: {e}", dir.display())))?;
-        Ok(Store::open(&dir, StoreOptions::default()).await?)
+        let opts = StoreOptions { addr: addr.to_string(), transport: Arc::new(RaftOverRpc(peers.clone())), join, ..StoreOptions::default() };
+        Ok(Store::open(&dir, opts).await?)
+    }
+
+    fn remove_raft_dir(&self) -> Result<()> {
+        let dir = self.raft_dir();
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SwarmError::Internal(format!("removing {}: {e}", dir.display()))),
+            _ => Ok(()),
+        }
     }
 
     fn certs_dir(&self) -> PathBuf {
         self.inner.dir.join("certificates")
     }
 
-    /// This node's stored identity: (CA, node certificate, node key) PEMs.
-    fn read_certs(&self) -> Result<(String, String, String)> {
-        let dir = self.certs_dir();
-        let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .map_err(|e| SwarmError::Internal(format!("reading {}: {e}", dir.join(name).display())))
-        };
-        Ok((read("ca.crt")?, read("node.crt")?, read("node.key")?))
-    }
-
-    /// Stores this node's identity atomically (the key 0600).
+    /// Stores this node's identity (`certs::write_identity`: replaced as a unit, the key 0600).
     fn write_certs(&self, ca: &str, cert: &str, key: &str) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = self.certs_dir();
-        let write = |name: &str, data: &str, mode: u32| -> std::io::Result<()> {
-            use std::io::Write;
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-            f.write_all(data.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(name))
-        };
-        let all = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            write("ca.crt", ca, 0o644)?;
-            write("node.crt", cert, 0o644)?;
-            write("node.key", key, 0o600)?;
-            std::fs::File::open(&dir)?.sync_all()
-        };
-        all().map_err(|e| SwarmError::Internal(format!("writing {}: {e}", dir.display())))
+        let identity = certs::Identity { ca: ca.to_string(), cert: cert.to_string(), key: key.to_string() };
+        certs::write_identity(&self.certs_dir(), &identity)
     }
 
-    /// A manager's node certificate: the stored one if it is still this node's and signed by the
-    /// cluster CA, else a fresh one.
-    fn manager_identity(&self, state: &LocalState, cluster: &Cluster) -> Result<(String, String, String)> {
-        let ca = ca::load_root_ca(cluster)?;
-        if let Ok((ca_pem, cert, key)) = self.read_certs() {
-            let valid = ca_pem == ca.cert_pem()
-                && NodeIdentity::from_pem(&cert).is_ok_and(|id| {
-                    id.node_id == state.node_id
-                        && id.role == Role::Manager
-                        && id.cluster_id == cluster.id
-                        && id.not_after > std::time::SystemTime::now() + std::time::Duration::from_secs(3600)
-                });
+    /// A manager's identity: the stored one if its certificate is still this manager's, for its
+    /// key, issued by a CA the cluster trusts (the root, or the root being rotated to) and not
+    /// about to expire, else a fresh one. The trust roots are the cluster's current ones. The
+    /// certificate loop renews it later as any node's.
+    fn manager_identity(&self, state: &LocalState, cluster: &Cluster) -> Result<certs::Identity> {
+        let bundle = ca::trust_bundle(cluster)?;
+        if let Ok(stored) = certs::read_identity(&self.certs_dir()) {
+            let valid = NodeIdentity::from_pem(&stored.cert).is_ok_and(|id| {
+                id.node_id == state.node_id
+                    && id.role == Role::Manager
+                    && id.cluster_id == cluster.id
+                    && id.not_after > std::time::SystemTime::now() + std::time::Duration::from_secs(60)
+            }) && shoal_rpc::pki::cert_matches_key(&stored.cert, &stored.key).unwrap_or(false)
+                && shoal_rpc::IssuerInfo::of_chain(&stored.cert, &bundle).is_ok();
             if valid {
-                return Ok((ca_pem, cert, key));
+                let identity = certs::Identity { ca: bundle, ..stored.clone() };
+                if identity != stored {
+                    certs::write_identity(&self.certs_dir(), &identity)?;
+                }
+                return Ok(identity);
             }
         }
-        let pki = |e: RpcError| SwarmError::Internal(format!("issuing this manager's certificate: {e}"));
-        let key = NodeKey::generate().map_err(pki)?;
+        let key = NodeKey::generate().map_err(|e: RpcError| SwarmError::Internal(format!("issuing this manager's certificate: {e}")))?;
         let ips: Vec<IpAddr> = state
             .advertise_addr
             .parse::<SocketAddr>()
             .map(|a| vec![a.ip()])
             .unwrap_or_default();
-        let cert = ca
-            .issue(&key.csr_pem, &state.node_id, Role::Manager, &cluster.id, &ips, shoal_rpc::pki::DEFAULT_NODE_CERT_VALIDITY)
-            .map_err(pki)?;
-        self.write_certs(ca.cert_pem(), &cert, &key.key_pem)?;
-        Ok((ca.cert_pem().to_string(), cert, key.key_pem))
+        let cert = ca::issue_node_cert(cluster, &key.csr_pem, &state.node_id, Role::Manager, &ips)?;
+        let identity = certs::Identity { ca: bundle, cert, key: key.key_pem };
+        certs::write_identity(&self.certs_dir(), &identity)?;
+        Ok(identity)
     }
 
-    /// Runs a manager: cluster port (when `listener` is given), manager loops, local agent.
-    async fn activate_manager(&self, state: LocalState, store: Store, listener: Option<tokio::net::TcpListener>) -> Result<()> {
-        let mut cluster_port = None;
-        if let Some(listener) = listener {
-            let cluster = store
-                .view()
-                .list::<Cluster>()
-                .into_iter()
-                .next()
-                .ok_or_else(|| SwarmError::Internal("the cluster object is missing".into()))?;
-            let (ca, cert, key) = self.manager_identity(&state, &cluster)?;
-            let config = shoal_rpc::tls::server_config(&ca, &cert, &key)
-                .map_err(|e| SwarmError::Internal(format!("cluster port TLS: {e}")))?;
-            let dispatcher = Dispatcher::new(store.clone(), state.node_id.clone());
-            let d = dispatcher.clone();
-            let server = RpcServer::from_listener(listener, config, move |peer, req| {
-                let d = d.clone();
-                async move { d.handle(peer, req).await }
-            })
-            .map_err(|e| SwarmError::Internal(format!("serving the cluster port: {e}")))?;
-            info!(addr = %server.local_addr(), "cluster port listening");
-            let health = tokio::spawn(dispatcher.health_loop());
-            cluster_port = Some(ClusterPort { _server: server, health });
-        }
-        let manager = shoal_manager::Manager::start(store.clone(), shoal_manager::ManagerConfig::default());
-        let control = Arc::new(shoal_agent::LocalControlPlane::new(store.clone(), state.node_id.clone()));
+    /// Runs a manager from its store: its identity (stored or issued here), cluster port (when
+    /// `listener` is given), leader-only work, certificate loop, local agent.
+    async fn activate_manager(&self, state: LocalState, store: Store, peers: Arc<Peers>, listener: Option<tokio::net::TcpListener>) -> Result<()> {
+        let cluster = store
+            .view()
+            .list::<Cluster>()
+            .into_iter()
+            .next()
+            .ok_or_else(|| SwarmError::Internal("the cluster object is missing".into()))?;
+        let identity = self.manager_identity(&state, &cluster)?;
+        let config = shoal_rpc::tls::client_config(&identity.ca, &identity.cert, &identity.key)
+            .map_err(|e| SwarmError::Internal(format!("loading this manager's certificate: {e}")))?;
+        peers.set_config(config);
+        let port = match listener {
+            Some(l) => Some(self.serve_cluster_port(l, &identity, &store, &state)?),
+            None => None,
+        };
+        self.run_manager(state, store, peers, port, identity);
+        Ok(())
+    }
+
+    /// Serve the cluster port on `listener` with `identity`, and start its node-health loop.
+    fn serve_cluster_port(&self, listener: tokio::net::TcpListener, identity: &certs::Identity, store: &Store, state: &LocalState) -> Result<ClusterPort> {
+        let config = shoal_rpc::tls::server_config(&identity.ca, &identity.cert, &identity.key)
+            .map_err(|e| SwarmError::Internal(format!("cluster port TLS: {e}")))?;
+        let dispatcher = Dispatcher::new(store.clone(), state.node_id.clone(), state.cluster_id.clone(), Arc::downgrade(&self.inner));
+        let d = dispatcher.clone();
+        let server = RpcServer::from_listener(listener, config, move |peer, req| {
+            let d = d.clone();
+            async move { d.handle(peer, req).await }
+        })
+        .map_err(|e| SwarmError::Internal(format!("serving the cluster port: {e}")))?;
+        info!(addr = %server.local_addr(), "cluster port listening");
+        let health = tokio::spawn(dispatcher.clone().health_loop());
+        Ok(ClusterPort { server: Arc::new(server), dispatcher, health })
+    }
+
+    /// The manager's background work, from a store, clients, cluster port and identity.
+    fn run_manager(&self, state: LocalState, store: Store, peers: Arc<Peers>, port: Option<ClusterPort>, identity: certs::Identity) {
+        let server_ref = port.as_ref().map(|p| Arc::downgrade(&p.server));
+        let dispatcher = port.as_ref().map(|p| p.dispatcher.clone());
+        let cert_task = certs::spawn_manager(self.certs_dir(), state.node_id.clone(), store.clone(), identity, server_ref, peers.clone(), self.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        let leadership = managers::spawn_leadership(store.clone(), dispatcher, state.node_id.clone(), state.advertise_addr.clone(), stop_rx);
+        let control = Arc::new(ManagerControlPlane::new(store.clone(), peers.clone(), state.node_id.clone()));
         let agent = shoal_agent::Agent::start(state.node_id.clone(), self.inner.engine.clone(), control);
         let active = Arc::new(Active {
             state,
             store: Some(store),
-            manager: tokio::sync::Mutex::new(Some(manager)),
+            peers: Some(peers),
+            remote: None,
+            leadership: tokio::sync::Mutex::new(Some((stop, leadership))),
             agent,
-            cluster_port: std::sync::Mutex::new(cluster_port),
+            cluster_port: std::sync::Mutex::new(port),
+            cert_task: std::sync::Mutex::new(Some(cert_task)),
+            tasks: std::sync::Mutex::new(Vec::new()),
         });
         *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = Some(active);
-        Ok(())
     }
 
-    /// Runs a worker: only the agent, over a dispatcher session with the known managers.
-    fn activate_worker(&self, state: LocalState, ca: &str, cert: &str, key: &str) -> Result<()> {
-        let config = shoal_rpc::tls::client_config(ca, cert, key)
+    /// Runs a worker: the agent, over a dispatcher session with the known managers, and the
+    /// certificate loop. The manager list the sessions name is kept in `state.json`.
+    fn activate_worker(&self, state: LocalState, identity: certs::Identity) -> Result<()> {
+        let config = shoal_rpc::tls::client_config(&identity.ca, &identity.cert, &identity.key)
             .map_err(|e| SwarmError::Internal(format!("loading this node's certificate: {e}")))?;
         let clients: Vec<RpcClient> = state
             .managers
@@ -325,27 +392,222 @@ impl Swarm {
             return Err(SwarmError::Internal("this worker knows no manager address".into()));
         }
         let advertise = state.advertise_addr.parse::<SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_default();
-        let control = Arc::new(shoal_agent::RemoteControlPlane::new(
-            state.node_id.clone(),
-            shoal_agent::describe(&self.inner.engine),
-            advertise,
-            clients,
-        ));
-        let agent = shoal_agent::Agent::start(state.node_id.clone(), self.inner.engine.clone(), control);
+        let mut description = shoal_agent::describe(&self.inner.engine);
+        description.tls_info = identity.tls_info();
+        let control = Arc::new(shoal_agent::RemoteControlPlane::new(state.node_id.clone(), description, advertise, clients));
+        let cert_task = certs::spawn_worker(self.certs_dir(), identity, control.clone(), self.clone());
+        let persist = {
+            let mut managers = control.managers();
+            let swarm = self.clone();
+            let mut state = state.clone();
+            tokio::spawn(async move {
+                while managers.changed().await.is_ok() {
+                    let list = managers.borrow_and_update().clone();
+                    if list.is_empty() || list == state.managers {
+                        continue;
+                    }
+                    state.managers = list;
+                    if let Err(e) = swarm.write_state(&state) {
+                        warn!(error = %e, "recording the managers' addresses failed");
+                    }
+                }
+            })
+        };
+        let agent = shoal_agent::Agent::start(state.node_id.clone(), self.inner.engine.clone(), control.clone());
         let active = Arc::new(Active {
             state,
             store: None,
-            manager: tokio::sync::Mutex::new(None),
+            peers: None,
+            remote: Some(control),
+            leadership: tokio::sync::Mutex::new(None),
             agent,
             cluster_port: std::sync::Mutex::new(None),
+            cert_task: std::sync::Mutex::new(Some(cert_task)),
+            tasks: std::sync::Mutex::new(vec![persist]),
         });
         *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = Some(active);
         Ok(())
     }
 
-    /// `docker swarm join`: join the swarm of the manager at `remote_addrs[0]` as a worker.
-    /// The manager's CA is checked against the token's digest before anything is sent; the
-    /// node's key never leaves it (the manager signs a CSR).
+    /// Make this node a Raft member: open an empty store, serve the cluster port, ask a manager
+    /// (one of `via`, `ip:port`) to admit it, and wait until the replica shows the cluster and
+    /// this node. On failure everything started here is stopped again.
+    async fn enter_raft(
+        &self,
+        state: &LocalState,
+        identity: &certs::Identity,
+        listener: tokio::net::TcpListener,
+        via: &[String],
+    ) -> Result<(Store, Arc<Peers>, ClusterPort)> {
+        let peers = Peers::new();
+        let config = shoal_rpc::tls::client_config(&identity.ca, &identity.cert, &identity.key)
+            .map_err(|e| SwarmError::Internal(format!("loading this manager's certificate: {e}")))?;
+        peers.set_config(config);
+        // A store left from an earlier membership is stale: this manager starts empty.
+        self.remove_raft_dir()?;
+        let store = self.open_store(&state.advertise_addr, &peers, true).await?;
+        let port = match self.serve_cluster_port(listener, identity, &store, state) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = store.shutdown().await;
+                return Err(e);
+            }
+        };
+        let admitted = async {
+            self.ask_admission(state, &store, &peers, via).await?;
+            let deadline = tokio::time::Instant::now() + REPLICA_WAIT;
+            loop {
+                let view = store.view();
+                let ready = !view.list::<Cluster>().is_empty()
+                    && view.get::<Node>(&state.node_id).is_some_and(|n| n.manager_status.is_some());
+                if ready {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(SwarmError::Unavailable("this manager joined raft but its replica did not catch up in time".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        .await;
+        if let Err(e) = admitted {
+            drop(port);
+            let _ = store.shutdown().await;
+            let _ = self.remove_raft_dir();
+            return Err(e);
+        }
+        Ok((store, peers, port))
+    }
+
+    /// `POST /v1/control` `AddManager` to the managers in `via`, in turn, until one answers
+    /// (retrying while the swarm has no leader).
+    async fn ask_admission(&self, state: &LocalState, store: &Store, peers: &Peers, via: &[String]) -> Result<()> {
+        let req = ControlRequest {
+            hops: 0,
+            op: ControlOp::AddManager { node_id: state.node_id.clone(), raft_id: store.raft_id(), addr: state.advertise_addr.clone() },
+        };
+        let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
+        let mut last = String::from("no manager to ask");
+        loop {
+            for addr in via {
+                let client = match peers.client(addr, Purpose::Control) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                };
+                match client.call_json::<_, ControlReply>(CONTROL_PATH, &req).await {
+                    Ok(ControlReply::Ok { .. }) => {
+                        info!(via = %addr, raft_id = %format!("{:x}", store.raft_id()), "admitted into the managers' raft group");
+                        return Ok(());
+                    }
+                    Ok(ControlReply::Err { kind, message }) if ErrorKind::parse(&kind) != ErrorKind::Unavailable => {
+                        return Err(SwarmError::Remote { kind: ErrorKind::parse(&kind), message });
+                    }
+                    Ok(ControlReply::Err { message, .. }) => last = message,
+                    Err(e) => last = e.to_string(),
+                }
+                debug!(via = %addr, error = %last, "asking to join the managers failed; trying the next manager");
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SwarmError::Unavailable(format!("could not join the managers' raft group: {last}")));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// A promotion or demotion of this node finished on the certificate side: change what runs
+    /// here (in the background; one change at a time).
+    pub(crate) fn role_changed(&self, role: Role) {
+        if self.inner.changing_role.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let swarm = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = swarm.change_role(role).await {
+                warn!(role = ?role, error = %e, "changing this node's role failed; will retry");
+            }
+            swarm.inner.changing_role.store(false, Ordering::SeqCst);
+        });
+    }
+
+    async fn change_role(&self, want: Role) -> Result<()> {
+        let _guard = self.inner.lifecycle.lock().await;
+        let Some(active) = self.active() else { return Ok(()) };
+        match (want, active.store.is_some()) {
+            (Role::Manager, false) => self.become_manager(active).await,
+            (Role::Worker, true) => self.become_worker(active).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// A promoted worker (it holds a manager certificate now) joins Raft and runs as a manager.
+    async fn become_manager(&self, active: Arc<Active>) -> Result<()> {
+        let identity = certs::read_identity(&self.certs_dir())?;
+        if certs::identity_role(&identity) != Role::Manager {
+            return Ok(());
+        }
+        let mut state = active.state.clone();
+        state.role = "manager".into();
+        let via: Vec<String> = match &active.remote {
+            Some(r) => r.managers().borrow().iter().map(|m| m.addr.clone()).collect(),
+            None => state.managers.iter().map(|m| m.addr.clone()).collect(),
+        };
+        info!(node = %state.node_id, "this node was promoted: joining the managers");
+        let listener = bind_cluster_port(&state.listen_addr).await?;
+        let (store, peers, port) = self.enter_raft(&state, &identity, listener, &via).await?;
+        *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = None;
+        active.stop().await;
+        state.managers = Vec::new();
+        self.write_state(&state)?;
+        self.run_manager(state, store, peers, Some(port), identity);
+        info!("this node now runs as a manager");
+        Ok(())
+    }
+
+    /// A demoted manager (it holds a worker certificate now) leaves Raft and runs as a worker.
+    async fn become_worker(&self, active: Arc<Active>) -> Result<()> {
+        let identity = certs::read_identity(&self.certs_dir())?;
+        if certs::identity_role(&identity) != Role::Worker {
+            return Ok(());
+        }
+        let Some(store) = active.store.clone() else { return Ok(()) };
+        info!(node = %active.state.node_id, "this manager was demoted: leaving the managers");
+        // The leader removes this member next. With two voters that needs this node's vote, so
+        // it stays until it sees itself removed (or a while passed); in a larger group the
+        // others make the quorum, and it only lingers a moment to acknowledge what it has.
+        let raft_id = store.raft_id();
+        let voters = store.raft_status().voters.len();
+        let wait = if voters <= 2 { DEMOTION_WAIT } else { Duration::from_secs(1) };
+        let deadline = tokio::time::Instant::now() + wait;
+        while store.raft_status().voters.contains_key(&raft_id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = store.raft_status();
+        let managers: Vec<RemoteManager> = dispatcher::managers_of(&store.view(), status.leader_addr())
+            .into_iter()
+            .filter(|m| m.node_id != active.state.node_id && m.addr != active.state.advertise_addr)
+            .collect();
+        if managers.is_empty() {
+            return Err(SwarmError::Internal("a demoted manager knows no other manager".into()));
+        }
+        *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = None;
+        active.stop().await;
+        self.remove_raft_dir()?;
+        let mut state = active.state.clone();
+        state.role = "worker".into();
+        state.managers = managers;
+        self.write_state(&state)?;
+        self.activate_worker(state, identity)?;
+        info!("this node now runs as a worker");
+        Ok(())
+    }
+
+    /// `docker swarm join`: join the swarm of the manager at `remote_addrs[0]`, as a worker or
+    /// (with the manager token) as a manager. The manager's CA is checked against the token's
+    /// digest before anything is sent; the node's key never leaves it (the manager signs a
+    /// CSR). A new manager then enters the Raft group (`enter_raft`) before this returns.
     pub async fn join(&self, req: JoinRequest) -> Result<()> {
         let _guard = self.inner.lifecycle.lock().await;
         if self.active().is_some() {
@@ -365,7 +627,11 @@ impl Swarm {
         } else {
             resolve_advertise_addr(&req.advertise_addr, &listen)?
         };
+        let advertise = SocketAddr::new(advertise_ip, advertise_port(&req.advertise_addr).unwrap_or(listen.port()));
         let (ca_pem, client) = shoal_rpc::client::bootstrap(manager, token).await.map_err(|e| join_error(e, manager))?;
+        // A manager token makes this node a manager: its cluster port must be free. (Bound
+        // before the join so a busy port fails it early; a worker just drops it.)
+        let listener = bind_cluster_port(&listen.to_string()).await;
         let key = NodeKey::generate().map_err(|e| SwarmError::Internal(e.to_string()))?;
         let description = shoal_agent::describe(&self.inner.engine);
         let body = JoinRpcRequest {
@@ -373,12 +639,13 @@ impl Swarm {
             csr: key.csr_pem.clone(),
             hostname: description.hostname.clone(),
             availability: req.availability,
-            advertise_addr: advertise_ip.to_string(),
+            advertise_addr: advertise.to_string(),
             description,
         };
         let resp: JoinRpcResponse = client.call_json(JOIN_PATH, &body).await.map_err(|e| join_error(e, manager))?;
         let id = NodeIdentity::from_pem(&resp.cert).map_err(|e| SwarmError::Internal(format!("the manager sent an invalid certificate: {e}")))?;
-        if id.node_id != resp.node_id || id.role != Role::Worker || resp.ca != ca_pem {
+        let role = if resp.role == "manager" { Role::Manager } else { Role::Worker };
+        if id.node_id != resp.node_id || id.role != role || resp.ca != ca_pem {
             return Err(SwarmError::Internal("the manager's join answer does not match the certificate it issued".into()));
         }
         // The manager we joined through first, then the others it named.
@@ -393,17 +660,38 @@ impl Swarm {
         std::fs::create_dir_all(&self.inner.dir)
             .map_err(|e| SwarmError::Internal(format!("creating {}: {e}", self.inner.dir.display())))?;
         self.write_certs(&ca_pem, &resp.cert, &key.key_pem)?;
-        let state = LocalState {
+        let identity = certs::Identity { ca: ca_pem, cert: resp.cert, key: key.key_pem };
+        let mut state = LocalState {
             node_id: resp.node_id.clone(),
             cluster_id: resp.cluster_id,
             role: "worker".into(),
-            advertise_addr: SocketAddr::new(advertise_ip, listen.port()).to_string(),
+            advertise_addr: advertise.to_string(),
             listen_addr: listen.to_string(),
             managers,
         };
+        if role == Role::Worker {
+            drop(listener);
+            self.write_state(&state)?;
+            self.activate_worker(state, identity)?;
+            info!(node_id = %resp.node_id, manager = %manager, "joined the swarm as a worker");
+            return Ok(());
+        }
+        let listener = listener?;
+        state.role = "manager".into();
+        let via: Vec<String> = state.managers.iter().map(|m| m.addr.clone()).collect();
+        state.managers = Vec::new();
+        let (store, peers, port) = match self.enter_raft(&state, &identity, listener, &via).await {
+            Ok(x) => x,
+            Err(e) => {
+                // Nothing of this membership stays behind (the cluster keeps a Node that never
+                // came up; `docker node rm` removes it).
+                let _ = std::fs::remove_dir_all(&self.inner.dir);
+                return Err(e);
+            }
+        };
         self.write_state(&state)?;
-        self.activate_worker(state, &ca_pem, &resp.cert, &key.key_pem)?;
-        info!(node_id = %resp.node_id, manager = %manager, "joined the swarm as a worker");
+        self.run_manager(state, store, peers, Some(port), identity);
+        info!(node_id = %resp.node_id, manager = %manager, "joined the swarm as a manager");
         Ok(())
     }
 
@@ -429,10 +717,10 @@ impl Swarm {
             id: cluster_id.clone(),
             spec,
             join_tokens: JoinTokens { worker: ca::new_join_token(&ca.digest()), manager: ca::new_join_token(&ca.digest()) },
-            store_only: Some(ClusterSecrets { root_ca_cert_pem: ca.cert_pem().to_string(), root_ca_key_pem: ca.key_pem().to_string(), unlock_key: unlock, network_keys: Vec::new() }),
+            store_only: Some(ClusterSecrets { root_ca_cert_pem: ca.cert_pem().to_string(), root_ca_key_pem: ca.key_pem().to_string(), unlock_key: unlock, ..ClusterSecrets::default() }),
             ..Cluster::default()
         };
-        cluster.tls_info.trust_root = ca.cert_pem().to_string();
+        cluster.tls_info = ca.issuer_info().tls_info(ca.cert_pem());
         if !req.default_addr_pool.is_empty() {
             cluster.default_addr_pool = req.default_addr_pool.clone();
         }
@@ -451,11 +739,16 @@ impl Swarm {
             manager_status: Some(ManagerStatus { leader: true, reachability: Reachability::Reachable, addr: advertise.clone() }),
             ..Node::default()
         };
-        let store = self.open_store().await?;
+        // The routing mesh's network (`docker swarm init --default-addr-pool` and
+        // `--data-path-port` are recorded on the cluster; ingress keeps 10.0.0.0/24).
+        let ingress = networks::ingress_network()?;
+        let peers = Peers::new();
+        let store = self.open_store(&advertise, &peers, false).await?;
         store
             .update(move |tx| {
                 tx.create(cluster)?;
                 tx.create(node)?;
+                tx.create(ingress)?;
                 Ok(())
             })
             .await?;
@@ -468,7 +761,7 @@ impl Swarm {
             managers: Vec::new(),
         };
         self.write_state(&state)?;
-        self.activate_manager(state, store, Some(listener)).await?;
+        self.activate_manager(state, store, peers, Some(listener)).await?;
         info!(node_id = %node_id, "swarm initialised");
         Ok(node_id)
     }
@@ -516,7 +809,17 @@ impl Swarm {
         let _guard = self.inner.lifecycle.lock().await;
         let Some(active) = self.active() else { return Err(SwarmError::NotPartOfSwarm) };
         if active.state.is_manager() && !force {
-            return Err(SwarmError::LeaveLastManager);
+            let (mut reachable, mut unreachable) = (1, 0); // this manager
+            if let Ok(nodes) = self.nodes() {
+                for n in nodes.iter().filter(|n| n.id != active.state.node_id) {
+                    match n.manager_status.as_ref().map(|m| m.reachability) {
+                        Some(Reachability::Reachable) => reachable += 1,
+                        Some(Reachability::Unreachable) => unreachable += 1,
+                        _ => {}
+                    }
+                }
+            }
+            return Err(leave_refusal(reachable, unreachable));
         }
         *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = None;
         active.stop().await;
@@ -527,6 +830,13 @@ impl Swarm {
                     warn!(container = %rec.id, error = %e, "removing a task container failed");
                 }
             }
+        }
+        // The overlays and the routing mesh belonged to the swarm.
+        let engine = self.inner.engine.clone();
+        match tokio::task::spawn_blocking(move || engine.mesh().teardown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "removing the overlay mesh failed"),
+            Err(e) => warn!(error = %e, "removing the overlay mesh failed"),
         }
         std::fs::remove_dir_all(&self.inner.dir).map_err(|e| SwarmError::Internal(format!("removing {}: {e}", self.inner.dir.display())))?;
         info!("left the swarm");
@@ -588,6 +898,24 @@ impl Swarm {
             active.stop().await;
         }
     }
+}
+
+/// Why a manager may not leave without `--force`, in moby's words: `reachable` managers
+/// (this one included) and `unreachable` ones.
+fn leave_refusal(reachable: usize, unreachable: usize) -> SwarmError {
+    let mut msg = String::from("You are attempting to leave the swarm on a node that is participating as a manager. ");
+    if reachable.saturating_sub(2) <= unreachable {
+        if reachable == 1 && unreachable == 0 {
+            return SwarmError::LeaveLastManager;
+        }
+        msg.push_str(&format!(
+            "Removing this node leaves {} managers out of {}. Without a Raft quorum your swarm will be inaccessible. ",
+            reachable.saturating_sub(1),
+            reachable + unreachable
+        ));
+    }
+    msg.push_str("The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.");
+    SwarmError::Unavailable(msg)
 }
 
 fn node_ip(advertise: &str) -> String {
@@ -733,5 +1061,17 @@ mod tests {
         assert_eq!(resolve_advertise_addr("10.1.2.3:4000", &listen).unwrap().to_string(), "10.1.2.3");
         assert_eq!(resolve_advertise_addr("lo", &listen).unwrap().to_string(), "127.0.0.1");
         assert_eq!(advertise_port("10.1.2.3:4000"), Some(4000));
+    }
+
+    #[test]
+    fn managers_leave_only_with_force_in_mobys_words() {
+        assert!(matches!(leave_refusal(1, 0), SwarmError::LeaveLastManager));
+        let two = leave_refusal(2, 0).to_string();
+        assert!(two.contains("Removing this node leaves 1 managers out of 2. Without a Raft quorum"), "{two}");
+        let lossy = leave_refusal(3, 1).to_string();
+        assert!(lossy.contains("Removing this node leaves 2 managers out of 4."), "{lossy}");
+        let three = leave_refusal(3, 0).to_string();
+        assert!(!three.contains("Removing this node") && three.ends_with("Use `--force` to suppress this message."), "{three}");
+        assert_eq!(leave_refusal(3, 0).kind(), ErrorKind::Unavailable);
     }
 }

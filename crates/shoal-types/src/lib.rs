@@ -33,7 +33,7 @@ pub mod util;
 pub use common::{Annotations, Driver, GenericResource, Labels, Meta, Platform, TlsInfo, Version};
 pub use defaults::with_defaults;
 pub use ids::{join_token, new_id, unlock_key};
-pub use netmap::{MapAddr, MapNetwork, MapNode, MapService, MapTask, NetworkMap};
+pub use netmap::{MapAddr, MapNetwork, MapNode, MapService, MapTask, NetworkMap, CLIENT_ADDRESS_LABEL};
 pub use network::{
     Config, ConfigSpec, IpamConfig, IpamOptions, Network, NetworkSpec, Secret, SecretSpec,
     INGRESS_NAME, INGRESS_SUBNET, OVERLAY_DRIVER, VXLAN_ID_OPTION,

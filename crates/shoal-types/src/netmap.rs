@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::taskspec::PortConfig;
 
+/// Service label asking the mesh to keep clients' addresses (`preserve`): a node sends the
+/// connections it receives to its own tasks of the service without source NAT, and only falls
+/// back to the cluster-wide rotation (masqueraded, as Docker does) when it runs none.
+pub const CLIENT_ADDRESS_LABEL: &str = "shoal.ingress.client-address";
+
 /// A complete snapshot; nodes replace their previous one with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkMap {
@@ -68,6 +73,9 @@ pub struct MapService {
     /// Tasks holding overlay addresses (not yet terminal), sorted by slot then task ID.
     #[serde(default)]
     pub tasks: Vec<MapTask>,
+    /// [`CLIENT_ADDRESS_LABEL`] is `preserve`.
+    #[serde(default)]
+    pub preserve_client_address: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

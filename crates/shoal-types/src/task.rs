@@ -70,6 +70,10 @@ pub struct Task {
     /// Store-internal: service spec version the task was created from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_version: Option<Version>,
+    /// The service's allocated endpoint when the task was allocated (swarmkit `Task.Endpoint`):
+    /// the agent binds its host-mode published ports from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<crate::Endpoint>,
 }
 
 impl Default for Task {
@@ -91,6 +95,7 @@ impl Default for Task {
             volumes: Vec::new(),
             service_annotations: None,
             spec_version: None,
+            endpoint: None,
         }
     }
 }

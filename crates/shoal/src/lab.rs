@@ -72,6 +72,9 @@ struct UpArgs {
     /// IPv4 subnet of the lab network; node N gets the N-th address.
     #[arg(long, default_value = "10.99.0.0/24")]
     subnet: String,
+    /// Start the daemons but leave swarm init/join to you (the tutorial's way).
+    #[arg(long)]
+    no_swarm: bool,
 }
 
 #[derive(Args)]
@@ -387,7 +390,7 @@ fn up(a: UpArgs) -> Result<()> {
     }
     // The whole plan (namespaces, dirs, mount roots) is on disk before anything is created.
     lab.save()?;
-    match build(&mut lab) {
+    match build(&mut lab, !a.no_swarm) {
         Ok(report) => {
             print_up(&lab, &report);
             Ok(())
@@ -408,7 +411,7 @@ struct UpReport {
     swarm: Vec<(String, std::result::Result<String, String>)>,
 }
 
-fn build(lab: &mut Lab) -> Result<UpReport> {
+fn build(lab: &mut Lab, swarm: bool) -> Result<UpReport> {
     // Network: hub with the bridge, then one namespace + veth per node.
     ip(&["netns", "add", &lab.hub_netns])?;
     ip(&["-n", &lab.hub_netns, "link", "set", "lo", "up"])?;
@@ -507,6 +510,9 @@ fn build(lab: &mut Lab) -> Result<UpReport> {
         }
     }
     drop(children); // they stay running: dropping a Child neither kills nor waits
+    if !swarm {
+        return Ok(UpReport { swarm: Vec::new() });
+    }
     // Swarm: init on node 1, then join the others.
     let first = &lab.nodes[0];
     let first_addr = first.addr.context("node 1 without an address")?;
@@ -566,7 +572,7 @@ fn print_up(lab: &Lab, report: &UpReport) {
         let swarm = match report.swarm.iter().find(|(name, _)| *name == n.name).map(|(_, o)| o) {
             Some(Ok(s)) => s.clone(),
             Some(Err(_)) => "NOT JOINED (see warning)".into(),
-            None => "-".into(),
+            None => "inactive (run docker swarm init)".into(),
         };
         let addr = n.addr.map(|a| a.to_string()).unwrap_or_default();
         let _ = writeln!(out, "{:<8} {:<8} {:<16} {swarm}", n.name, n.role.as_str(), addr);

@@ -72,23 +72,11 @@ fn main() {
 }
 
 fn run_helper(argv: &[String]) -> Option<i32> {
-    let rest = argv.get(2..).unwrap_or_default();
+    if let Some(code) = shoal_runtime::helper_main(argv) {
+        return Some(code);
+    }
     match argv.get(1).map(String::as_str) {
-        Some("shim") => Some(match shoal_runtime::ShimArgs::from_argv(rest) {
-            Ok(args) => shoal_runtime::shim_main(args),
-            Err(e) => {
-                eprintln!("shoal shim: {e}");
-                2
-            }
-        }),
-        Some("exec-helper") => Some(match shoal_runtime::ExecHelperArgs::from_argv(rest) {
-            Ok(args) => shoal_runtime::exec_helper_main(args),
-            Err(e) => {
-                eprintln!("shoal exec-helper: {e}");
-                2
-            }
-        }),
-        Some("archive-helper") => Some(shoal_engine::archive::archive_helper_main(rest)),
+        Some("archive-helper") => Some(shoal_engine::archive::archive_helper_main(argv.get(2..).unwrap_or_default())),
         _ => None,
     }
 }
@@ -173,10 +161,12 @@ fn run_daemon(args: DaemonArgs) -> Result<()> {
     bridge.gateway = gateway;
     bridge.subnet = subnet.parse().map_err(|e| anyhow::anyhow!("invalid --bip {}: {e}", args.bip))?;
 
+    let self_exe = std::env::current_exe().context("finding the shoal binary")?;
     let engine_cfg = shoal_engine::EngineConfig {
         data_root: data_root.clone(),
         exec_root: exec_root.clone(),
-        self_exe: std::env::current_exe().context("finding the shoal binary")?,
+        shim_exe: shoal_engine::shim_exe_for(&self_exe),
+        self_exe,
         bridge,
         init_path: find_init_binary(),
     };

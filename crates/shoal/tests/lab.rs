@@ -141,7 +141,18 @@ fn lab_up_ls_container_across_nodes_and_down() {
         assert!(stdout.contains(&format!("export DOCKER_HOST=unix://{}", sock(n))), "{stdout}");
         assert!(stdout.contains(&format!("10.99.0.{}", i + 1)), "{stdout}");
     }
-    assert!(stdout.contains(&format!("nsenter --net=/run/netns/shoal-{name}-mgr1 curl http://10.99.0.")), "{stdout}");
+    // The host gets its own link into the lab, unless another lab already uses the subnet.
+    let host_link: Option<String> = stdout
+        .split_once("This host is on the lab network as 10.99.0.254 (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(ifname, _)| ifname.to_string());
+    match &host_link {
+        Some(ifname) => {
+            assert!(Path::new("/sys/class/net").join(ifname).exists(), "host link {ifname} missing");
+            assert!(stdout.contains("  curl http://10.99.0."), "{stdout}");
+        }
+        None => assert!(stdout.contains(&format!("nsenter --net=/run/netns/shoal-{name}-mgr1 curl http://10.99.0.")), "{stdout}"),
+    }
     assert!(Path::new(&format!("/run/shoal-lab/{name}/lab.json")).is_file());
     // The same name again is refused without touching the running lab.
     let again = shoal(&["lab", "up", "--name", &name]);
@@ -167,6 +178,10 @@ fn lab_up_ls_container_across_nodes_and_down() {
         }
         let ok = wait_until(Duration::from_secs(10), || docker[0].ok(&["node", "ls", "-q"]).lines().count() == 3);
         assert!(ok, "node ls: {}", docker[0].ok(&["node", "ls"]));
+        // Each node has its own hostname (its UTS namespace).
+        let mut hostnames: Vec<String> = docker[0].ok(&["node", "ls", "--format", "{{.Hostname}}"]).lines().map(str::to_string).collect();
+        hostnames.sort();
+        assert_eq!(hostnames, nodes, "node ls hostnames");
     }
 
     // ls shows the nodes, addresses, sockets and live daemons.
@@ -214,6 +229,9 @@ fn lab_up_ls_container_across_nodes_and_down() {
         .unwrap_or_default();
     let left: Vec<&String> = netns.iter().filter(|n| n.starts_with(&format!("shoal-{name}-"))).collect();
     assert!(left.is_empty(), "namespaces left: {left:?}");
+    if let Some(ifname) = &host_link {
+        assert!(!Path::new("/sys/class/net").join(ifname).exists(), "host link {ifname} left");
+    }
     assert!(procs_mentioning(&marker).is_empty(), "processes left: {:?}", procs_mentioning(&marker));
     assert!(mounts_mentioning(&marker).is_empty(), "mounts left: {:?}", mounts_mentioning(&marker));
     for cg in &cgroups {

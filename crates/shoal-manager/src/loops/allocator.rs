@@ -154,6 +154,7 @@ fn allocate(tx: &mut WriteTx, w: &Work) -> Result<(), StoreError> {
         match task_attachments(&t, svc, ingress_id, &networks, &mut book) {
             Ok(attachments) => {
                 t.networks_attachments = attachments;
+                t.endpoint = Some(svc.endpoint.clone());
                 t.status = TaskStatus::new(TaskState::Pending, wall);
             }
             Err(e) => {

@@ -103,6 +103,11 @@ pub struct IngressPort {
     pub target: u16,
     /// Overlay addresses of the service's tasks, in rotation order; empty = refuse.
     pub backends: Vec<Ipv4Addr>,
+    /// Bridge addresses of this node's own tasks of the service when it keeps client addresses:
+    /// if any, connections go to them round robin without source NAT (the task sees the client's
+    /// address); otherwise to `backends`, masqueraded.
+    #[serde(default)]
+    pub local: Vec<Ipv4Addr>,
 }
 
 /// The complete desired mesh state of this node.
@@ -188,7 +193,9 @@ fn check_host_addr(what: impl Fn() -> String, net: Ipv4Net, ip: Ipv4Addr) -> Res
 
 /// Validates `st` and computes every overlay's devices and forwarding entries and the table.
 fn plan(cfg: &MeshConfig, st: &MeshState) -> Result<Plan, NetError> {
-    if st.underlay.is_unspecified() || st.underlay.is_loopback() || st.underlay.is_multicast() {
+    // A loopback underlay is a one-node swarm advertised on 127.0.0.1: its overlays work
+    // locally (no peer can reach it, and loopback peers are refused below).
+    if st.underlay.is_unspecified() || st.underlay.is_multicast() || st.underlay.is_broadcast() {
         return Err(invalid("underlay", format!("{} is not a usable unicast address", st.underlay)));
     }
     let ingress_overlay =

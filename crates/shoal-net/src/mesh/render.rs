@@ -31,7 +31,10 @@ pub fn render_mesh_delete(table: &str) -> String {
 fn port_rule(p: &IngressPort) -> String {
     let proto = p.proto;
     let dport = p.published;
-    match p.backends.as_slice() {
+    // Local tasks' bridge addresses leave through the node's bridge, which this table does not
+    // masquerade: the client's address reaches the task.
+    let targets = if p.local.is_empty() { &p.backends } else { &p.local };
+    match targets.as_slice() {
         [] => match proto {
             Proto::Tcp => format!("{proto} dport {dport} reject with tcp reset"),
             Proto::Udp => format!("{proto} dport {dport} reject"),

@@ -150,6 +150,7 @@ fn state() -> MeshState {
             published: 8001,
             target: 80,
             backends: vec![ip("10.0.0.10"), ip("10.0.0.11")],
+            local: vec![],
         }],
     }
 }
@@ -409,7 +410,7 @@ fn invalid_states_are_rejected_before_any_side_effect() {
     s.overlays[0].peers[0].endpoints.push(ip("10.0.0.2"));
     cases.push((s, "invalid mesh state overlay 4096 peer 10.98.0.2 endpoint 10.0.0.2: is this node's own host_ip"));
     let mut s = state();
-    s.ingress.push(IngressPort { proto: Proto::Udp, published: 4789, target: 53, backends: vec![] });
+    s.ingress.push(IngressPort { proto: Proto::Udp, published: 4789, target: 53, backends: vec![], local: vec![] });
     cases.push((s, "invalid mesh state ingress port 4789/udp: udp 4789 carries the overlays (vxlan)"));
     let mut s = state();
     s.ingress.push(s.ingress[0].clone());
@@ -492,12 +493,12 @@ const TAIL: &str = r#"  chain prerouting {
 fn render_zero_one_three_backends_tcp_and_udp() {
     let b3 = vec![ip("10.0.0.10"), ip("10.0.0.11"), ip("10.0.0.12")];
     let ports = vec![
-        IngressPort { proto: Proto::Udp, published: 5353, target: 53, backends: b3.clone() },
-        IngressPort { proto: Proto::Tcp, published: 8003, target: 80, backends: b3 },
-        IngressPort { proto: Proto::Tcp, published: 8001, target: 80, backends: vec![] },
-        IngressPort { proto: Proto::Udp, published: 5300, target: 53, backends: vec![] },
-        IngressPort { proto: Proto::Udp, published: 5301, target: 53, backends: vec![ip("10.0.0.10")] },
-        IngressPort { proto: Proto::Tcp, published: 8002, target: 8080, backends: vec![ip("10.0.0.11")] },
+        IngressPort { proto: Proto::Udp, published: 5353, target: 53, backends: b3.clone(), local: vec![] },
+        IngressPort { proto: Proto::Tcp, published: 8003, target: 80, backends: b3, local: vec![] },
+        IngressPort { proto: Proto::Tcp, published: 8001, target: 80, backends: vec![], local: vec![] },
+        IngressPort { proto: Proto::Udp, published: 5300, target: 53, backends: vec![], local: vec![] },
+        IngressPort { proto: Proto::Udp, published: 5301, target: 53, backends: vec![ip("10.0.0.10")], local: vec![] },
+        IngressPort { proto: Proto::Tcp, published: 8002, target: 8080, backends: vec![ip("10.0.0.11")], local: vec![] },
     ];
     let want = format!(
         "{HEAD}  chain ingress {{
@@ -514,13 +515,27 @@ fn render_zero_one_three_backends_tcp_and_udp() {
 }
 
 #[test]
+fn render_prefers_local_tasks_without_source_nat() {
+    let p = IngressPort {
+        proto: Proto::Tcp,
+        published: 8001,
+        target: 80,
+        backends: vec![ip("10.0.0.10"), ip("10.0.0.11")],
+        local: vec![ip("172.17.0.2"), ip("172.17.0.3")],
+    };
+    let text = render(std::slice::from_ref(&p));
+    assert!(text.contains("tcp dport 8001 dnat to numgen inc mod 2 map { 0 : 172.17.0.2, 1 : 172.17.0.3 } : 80"), "{text}");
+    assert!(!text.contains("10.0.0.10"), "remote tasks are only the fallback: {text}");
+}
+
+#[test]
 fn render_without_ports_and_without_ingress() {
     assert_eq!(render(&[]), format!("{HEAD}  chain ingress {{\n  }}\n{TAIL}"));
     let got = render_mesh_ruleset(&MeshRuleInput {
         table: "t",
         bridges: &["shov7".to_string()],
         ingress_bridge: None,
-        ports: &[IngressPort { proto: Proto::Tcp, published: 1, target: 1, backends: vec![] }],
+        ports: &[IngressPort { proto: Proto::Tcp, published: 1, target: 1, backends: vec![], local: vec![] }],
     });
     assert_eq!(
         got,
