@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # shoal vs Docker Engine (Debian docker.io) side by side. Run as root:  sudo bench/run.sh
-# Env: RUNS (default 20) WARMUP (3) WRK_DURATION (10s) SKIP_DOCKER=1 SKIP_INSTALL=1 SKIP_BUILD=1 KEEP_LOGS=DIR
+# Env: RUNS (default 20) WARMUP (3) WRK_DURATION (10s) SKIP_DOCKER=1 SKIP_INSTALL=1 SKIP_BUILD=1 KEEP_LOGS=DIR OUT_DIR=DIR (default bench/results)
 set -euo pipefail
 . "$(dirname "$(readlink -f "$0")")/common.sh"
 
@@ -190,4 +190,4 @@ bench_engine shoal
 [ -n "${SKIP_DOCKER:-}" ] || bench_engine docker
 
 # ---------------------------------------------------------------- 6. summary
-$HELPER summary "$W" "$HERE/results"
+$HELPER summary "$W" "${OUT_DIR:-$HERE/results}"
