@@ -24,6 +24,8 @@ pub enum Assignment {
     /// The cluster's network map (sent after the first complete set and whenever it changes):
     /// the node programs its overlay data plane and routing mesh from it.
     NetworkMap(NetworkMap),
+    /// A manager wants the logs of some of this node's tasks ([`ControlPlane::publish_logs`]).
+    Logs(crate::remote::wire::LogSubscription),
 }
 
 /// Why a control-plane call failed. The agent retries with back-off in both cases.
@@ -47,6 +49,14 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Records observed task statuses. Statuses that would move a task backwards, or that name a
     /// task not assigned to this node, are ignored (not an error).
     fn report(&self, updates: Vec<(String, TaskStatus)>) -> BoxFuture<'_, Result<(), ControlError>>;
+
+    /// Sends log lines for a subscription the control plane made ([`Assignment::Logs`]); Ok(false)
+    /// when it is no longer wanted. Managers read their own tasks' logs directly, so the local
+    /// control plane never subscribes.
+    fn publish_logs(&self, batch: crate::remote::wire::LogBatch) -> BoxFuture<'_, Result<bool, ControlError>> {
+        let _ = batch;
+        Box::pin(async { Err(ControlError::Failed("this control plane does not collect logs".into())) })
+    }
 }
 
 /// [`ControlPlane`] over the local [`Store`] (a manager node running its own agent).

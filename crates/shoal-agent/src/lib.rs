@@ -23,6 +23,7 @@
 mod control;
 mod controller;
 mod discovery;
+mod logs;
 pub mod netmap;
 pub mod remote;
 pub mod reporter;
@@ -97,6 +98,7 @@ struct Running {
 struct State {
     node_id: String,
     engine: Engine,
+    control: Arc<dyn ControlPlane>,
     /// The latest network map, for the mesh task.
     network_map: watch::Sender<Option<NetworkMap>>,
     /// VXLAN IDs the mesh has programmed (controllers wait for theirs before starting).
@@ -157,6 +159,9 @@ impl State {
             Assignment::NetworkMap(map) => {
                 self.network_map.send_replace(Some(map));
             }
+            Assignment::Logs(sub) => {
+                self.cleanups.spawn(logs::publish(self.engine.clone(), self.control.clone(), sub));
+            }
         }
     }
 
@@ -208,6 +213,7 @@ async fn run(
     let mut st = State {
         node_id,
         engine,
+        control: control.clone(),
         network_map: map_tx,
         overlays_ready: ready_rx,
         ctx,

@@ -85,6 +85,7 @@ pub mod wire {
                     SessionMessage::Assignments(AssignmentsMsg { complete: None, updated, removed })
                 }
                 Assignment::NetworkMap(m) => SessionMessage::NetworkMap(m),
+                Assignment::Logs(sub) => SessionMessage::LogSubscription(sub),
             }
         }
     }
@@ -98,14 +99,63 @@ pub mod wire {
         }
     }
 
-    /// One line of the session stream: `{"session": …}`, `{"assignments": …}` or
-    /// `{"network_map": …}`.
+    /// `POST /v1/logs`: a node publishes log lines of its tasks for a subscription.
+    pub const LOGS_PATH: &str = "/v1/logs";
+
+    /// A manager asks a node for the logs of some of its tasks (`docker service logs` on the
+    /// manager): sent on the node's session stream.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LogSubscription {
+        pub id: String,
+        pub task_ids: Vec<String>,
+        #[serde(default)]
+        pub stdout: bool,
+        #[serde(default)]
+        pub stderr: bool,
+        #[serde(default)]
+        pub follow: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tail: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub since: Option<chrono::DateTime<chrono::Utc>>,
+    }
+
+    /// One log line of a task.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LogEntry {
+        pub task_id: String,
+        /// 1 = stdout, 2 = stderr.
+        pub stream: u8,
+        pub time: chrono::DateTime<chrono::Utc>,
+        pub line: String,
+    }
+
+    /// `POST /v1/logs` body: lines for a subscription; `done` when the node has sent everything
+    /// (never for `follow`).
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    pub struct LogBatch {
+        pub subscription_id: String,
+        #[serde(default)]
+        pub lines: Vec<LogEntry>,
+        #[serde(default)]
+        pub done: bool,
+    }
+
+    /// `POST /v1/logs` answer: false when nobody wants the subscription any more.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    pub struct LogBatchResponse {
+        pub wanted: bool,
+    }
+
+    /// One line of the session stream: `{"session": …}`, `{"assignments": …}`,
+    /// `{"network_map": …}` or `{"log_subscription": …}`.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(rename_all = "snake_case")]
     pub enum SessionMessage {
         Session(SessionInfo),
         Assignments(AssignmentsMsg),
         NetworkMap(shoal_types::NetworkMap),
+        LogSubscription(LogSubscription),
     }
 
     /// `POST /v1/heartbeat` body.
@@ -264,7 +314,45 @@ fn period_of(ns: u64) -> Duration {
 }
 
 impl ControlPlane for RemoteControlPlane {
+    /// Opens a session, trying each known manager once (a follower manager refuses sessions,
+    /// a dead one cannot be reached) before the agent backs off.
     fn assignments(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Assignment>, ControlError>> {
+        Box::pin(async move {
+            let tries = self.managers.len();
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match self.open_session().await {
+                    Err(ControlError::Unavailable(e)) if attempt < tries => {
+                        debug!(error = %e, "this manager cannot take the session; trying the next one");
+                    }
+                    r => return r,
+                }
+            }
+        })
+    }
+
+    fn report(&self, updates: Vec<(String, TaskStatus)>) -> BoxFuture<'_, Result<(), ControlError>> {
+        self.send_report(updates)
+    }
+
+    fn publish_logs(&self, batch: LogBatch) -> BoxFuture<'_, Result<bool, ControlError>> {
+        Box::pin(async move {
+            let client = self
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|(c, _)| c.clone())
+                .unwrap_or_else(|| self.managers.get(self.next.load(Ordering::Relaxed)).1);
+            let r: LogBatchResponse = client.call_json(LOGS_PATH, &batch).await.map_err(|e| ControlError::Unavailable(e.to_string()))?;
+            Ok(r.wanted)
+        })
+    }
+}
+
+impl RemoteControlPlane {
+    fn open_session(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Assignment>, ControlError>> {
         Box::pin(async move {
             let (idx, client) = self.managers.get(self.next.load(Ordering::Relaxed));
             let req = SessionRequest {
@@ -316,6 +404,11 @@ impl ControlPlane for RemoteControlPlane {
                                     break "the agent closed the session".to_string();
                                 }
                             }
+                            Some(Ok(SessionMessage::LogSubscription(sub))) => {
+                                if tx.send(Assignment::Logs(sub)).await.is_err() {
+                                    break "the agent closed the session".to_string();
+                                }
+                            }
                             Some(Ok(SessionMessage::Session(info))) => managers.update(&info.managers),
                             Some(Err(e)) => break format!("session stream failed: {e}"),
                             None => break "the manager ended the session".to_string(),
@@ -342,7 +435,7 @@ impl ControlPlane for RemoteControlPlane {
         })
     }
 
-    fn report(&self, updates: Vec<(String, TaskStatus)>) -> BoxFuture<'_, Result<(), ControlError>> {
+    fn send_report(&self, updates: Vec<(String, TaskStatus)>) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(async move {
             let (client, session_id) = self
                 .current

@@ -8,6 +8,7 @@
 //! Docker JSON here and nowhere else.
 
 mod containers;
+mod dashboard;
 mod exec;
 mod filters;
 mod http;

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{debug, info, warn};
 
 use crate::http::{ApiError, ApiResult, Resp};
-use crate::{containers, exec, images, networks, swarm, system, ApiState, API_VERSION};
+use crate::{containers, dashboard, exec, images, networks, swarm, system, ApiState, API_VERSION};
 
 /// Where to listen, as given by `-H`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +88,10 @@ pub async fn serve(state: ApiState, listeners: Vec<Listener>) {
                     info!(socket = %path.display(), "API listening");
                     loop {
                         match l.accept().await {
-                            Ok((stream, _)) => spawn_conn(state.clone(), TokioIo::new(stream)),
+                            Ok((stream, _)) => {
+                                let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+                                spawn_conn(state.clone(), TokioIo::new(stream), root)
+                            }
                             Err(e) => warn!(error = %e, "accept failed"),
                         }
                     }
@@ -99,7 +102,7 @@ pub async fn serve(state: ApiState, listeners: Vec<Listener>) {
                         match l.accept().await {
                             Ok((stream, _)) => {
                                 let _ = stream.set_nodelay(true);
-                                spawn_conn(state.clone(), TokioIo::new(stream))
+                                spawn_conn(state.clone(), TokioIo::new(stream), false)
                             }
                             Err(e) => warn!(error = %e, "accept failed"),
                         }
@@ -113,12 +116,14 @@ pub async fn serve(state: ApiState, listeners: Vec<Listener>) {
     }
 }
 
-fn spawn_conn<I>(state: Arc<ApiState>, io: I)
+/// Serves one connection; `root`: the peer is root on the unix socket.
+fn spawn_conn<I>(state: Arc<ApiState>, io: I, root: bool)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let svc = service_fn(move |req| {
+        let svc = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(dashboard::LocalRoot(root));
             let state = state.clone();
             async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
         });
@@ -266,6 +271,7 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>, method: &Method, rou
         (Method::GET, ["tasks", id]) => swarm::inspect_task(state, id).await,
         (Method::GET, ["tasks", id, "logs"]) => swarm::logs(state, req, None, Some(id)).await,
         (_, ["swarm", ..]) | (_, ["nodes", ..]) | (_, ["services", ..]) | (_, ["tasks", ..]) => Err(ApiError::not_found("page not found")),
+        (Method::GET | Method::POST, ["shoal", "dashboard", "credentials"]) => dashboard::credentials(state, req).await,
         (_, ["secrets", ..]) | (_, ["configs", ..]) => {
             state.swarm.store()?;
             Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "secrets and configs are not supported by this daemon yet"))

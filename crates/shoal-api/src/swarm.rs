@@ -100,6 +100,16 @@ pub fn info_json(state: &ApiState) -> Value {
     v
 }
 
+/// moby's swarm warnings for `/info` (a two-manager swarm has no fault tolerance).
+pub fn info_warnings(state: &ApiState) -> Vec<String> {
+    let info = state.swarm.info();
+    if info.control_available && info.managers == 2 {
+        vec!["WARNING: Running Swarm in a two-manager configuration. This configuration provides no fault tolerance, and poses a high risk to lose control over the cluster. Refer to https://docs.docker.com/engine/swarm/admin_guide/ to configure the Swarm for fault-tolerance.".to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The value of the `Swarm` header on `/_ping`.
 pub fn ping_header(state: &ApiState) -> String {
     let info = state.swarm.info();

@@ -148,7 +148,7 @@ pub fn info(state: &ApiState) -> Resp {
             "RuncCommit": {"ID": ""},
             "InitCommit": {"ID": ""},
             "SecurityOptions": ["name=cgroupns"],
-            "Warnings": [],
+            "Warnings": crate::swarm::info_warnings(state),
         }),
     )
 }

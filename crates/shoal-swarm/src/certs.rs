@@ -35,7 +35,10 @@
 //!   ([`ca::rotation_converged`]) and keep the cluster's `TLSInfo` consistent; on every manager,
 //!   renew the manager's own certificate locally (the CA key is in the replicated store) with
 //!   the same rules, swap the cluster port's and the peer clients' TLS config (new
-//!   connections), and record its own `TLSInfo` (forwarded to the leader).
+//!   connections), and record its own `TLSInfo` (forwarded to the leader). A follower also
+//!   asks the other managers every 30 s for its policy: a manager demoted while it was down (or
+//!   cut off from Raft before its demotion reached it) never sees the demotion in its replica,
+//!   so it renews into a worker certificate through them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -602,6 +605,44 @@ async fn manager_round(
     Ok(updated)
 }
 
+/// A follower manager asks its peers this often whether it is still a manager.
+const PEER_ROLE_CHECK: Duration = Duration::from_secs(30);
+
+/// Ask the other managers (the leader first) for this manager's certificate policy; when they
+/// say its certificate should be a worker's, renew it through them and return the worker
+/// identity.
+async fn demoted_by_peers(store: &Store, peers: &Peers, node_id: &str, identity: &Identity) -> Result<Option<Identity>> {
+    let status = store.raft_status();
+    let others: Vec<String> = crate::dispatcher::managers_of(&store.view(), status.leader_addr())
+        .into_iter()
+        .filter(|m| m.node_id != node_id)
+        .map(|m| m.addr)
+        .collect();
+    let mut last = SwarmError::Unavailable("no other manager is known".into());
+    for addr in others {
+        let client = match peers.client(&addr, crate::peers::Purpose::Control) {
+            Ok(c) => c,
+            Err(e) => {
+                last = SwarmError::Unavailable(e.to_string());
+                continue;
+            }
+        };
+        let policy: CertPolicy = match client.call_json(TLS_PATH, &TlsRequest { tls_info: identity.tls_info() }).await {
+            Ok(p) => p,
+            Err(e) => {
+                last = SwarmError::Unavailable(format!("{addr}: {e}"));
+                continue;
+            }
+        };
+        if parse_role(&policy.role) != Some(Role::Worker) {
+            return Ok(None);
+        }
+        let renewed = renew_remote(&[client], &mut 0, identity).await?;
+        return Ok((identity_role(&renewed) == Role::Worker).then_some(renewed));
+    }
+    Err(last)
+}
+
 /// A manager's certificate loop (see the module docs). `server` is this manager's cluster
 /// port and `peers` its clients to the other managers, whose TLS configs follow the identity.
 /// A certificate that says worker (a finished demotion) makes `swarm` turn this node into a
@@ -620,6 +661,7 @@ pub(crate) fn spawn_manager(
         let mut identity = identity;
         let mut fraction = renew_fraction();
         let mut last_renewal = None;
+        let mut last_peer_check = tokio::time::Instant::now();
         loop {
             if let Err(e) = reconcile_cluster(&store).await {
                 debug!(error = %e, "reconciling the cluster CA failed; will retry");
@@ -641,6 +683,23 @@ pub(crate) fn spawn_manager(
                 }
                 Ok(_) => {}
                 Err(e) => debug!(error = %e, "this manager's certificate round failed; will retry"),
+            }
+            if identity_role(&identity) == Role::Manager && !store.leadership().borrow().is_leader && last_peer_check.elapsed() >= PEER_ROLE_CHECK {
+                // A follower's replica may never show its demotion (it was demoted while down,
+                // or removed from Raft before the entry reached it): ask the other managers.
+                last_peer_check = tokio::time::Instant::now();
+                match demoted_by_peers(&store, &peers, &node_id, &identity).await {
+                    Ok(Some(renewed)) => {
+                        info!("the other managers say this node was demoted; renewed as a worker");
+                        if let Err(e) = store_identity(&dir, &renewed).await {
+                            warn!(error = %e, "storing the worker certificate failed");
+                        } else {
+                            identity = renewed;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => debug!(error = %e, "asking the other managers about this node's role failed"),
+                }
             }
             if identity_role(&identity) == Role::Worker {
                 // Demoted: the swarm turns this node into a worker (which ends this loop).

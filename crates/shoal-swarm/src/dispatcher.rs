@@ -64,6 +64,8 @@ pub(crate) const JOIN_PATH: &str = "/v1/join";
 pub(crate) const GRACE_PERIODS: u32 = 3;
 const DEFAULT_PERIOD: Duration = Duration::from_secs(1);
 const INVALID_TOKEN: &str = "A valid join token is necessary to join this cluster";
+/// The longest back-off of an agent between two session attempts (`shoal_agent`).
+const AGENT_MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// A manager is unreachable when Raft has not heard from it for this long, at least.
 const MIN_MANAGER_SILENCE: Duration = Duration::from_secs(2);
 
@@ -327,6 +329,12 @@ impl Dispatcher {
                 let body: HeartbeatRequest = read_json(req).await?;
                 self.heartbeat(&id, &body.session_id)
             }
+            (Method::POST, shoal_agent::remote::wire::LOGS_PATH) => {
+                let id = self.caller(&peer)?;
+                let body: shoal_agent::remote::wire::LogBatch = read_json(req).await?;
+                let wanted = self.swarm()?.inner.log_broker.publish(&id.node_id, body).await;
+                ok(&shoal_agent::remote::wire::LogBatchResponse { wanted })
+            }
             (Method::POST, shoal_agent::remote::wire::STATUS_PATH) => {
                 let id = self.caller(&peer)?;
                 let body: StatusRequest = read_json(req).await?;
@@ -423,6 +431,9 @@ impl Dispatcher {
             .assignments()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        if let Ok(swarm) = self.swarm() {
+            swarm.inner.log_broker.session_opened(&node_id, tx.clone());
+        }
         let dispatcher = Arc::downgrade(self);
         let (nid, sid) = (node_id.clone(), session_id.clone());
         let forward = tokio::spawn(async move {
@@ -451,6 +462,9 @@ impl Dispatcher {
                 }
             }
             if let Some(d) = dispatcher.upgrade() {
+                if let Ok(swarm) = d.swarm() {
+                    swarm.inner.log_broker.session_closed(&nid, &tx);
+                }
                 d.session_closed(&nid, &sid);
             }
         });
@@ -518,11 +532,12 @@ impl Dispatcher {
     }
 
     /// Every worker that is not down and has no entry (it just joined, was just demoted, or
-    /// this manager just became the leader) gets twice the grace period to open a session.
+    /// this manager just became the leader) gets twice the grace period to open a session;
+    /// after a leader change also the agents' longest reconnection back-off.
     fn track_workers(&self, leader_since: Instant) {
         let grace = self.period() * GRACE_PERIODS;
         let now = Instant::now();
-        let deadline = (now + grace * 2).max(leader_since + grace * 2);
+        let deadline = (now + grace * 2).max(leader_since + grace * 2 + AGENT_MAX_BACKOFF);
         let view = self.store.view();
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         for n in view.find::<Node>(|n| n.manager_status.is_none() && n.status.state != NodeState::Down && n.id != self.self_id) {

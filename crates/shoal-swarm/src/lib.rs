@@ -13,7 +13,9 @@
 mod ca;
 mod certs;
 pub mod control;
+pub mod dashboard;
 mod dispatcher;
+mod logbroker;
 mod error;
 mod logs;
 mod managers;
@@ -44,6 +46,7 @@ use managers::{ControlOp, ControlReply, ControlRequest, ManagerControlPlane, CON
 use peers::{Peers, Purpose, RaftOverRpc};
 
 pub use error::{ErrorKind, Result, SwarmError};
+pub use dashboard::{ChangeAction, ChangeFeed, FeedItem, ObjectChange};
 pub use logs::{LogLine, LogOptions};
 
 /// Docker's `LocalNodeState`.
@@ -175,6 +178,10 @@ struct Inner {
     active: RwLock<Option<Arc<Active>>>,
     /// A role change (promotion, demotion) is under way.
     changing_role: AtomicBool,
+    /// Whether this node runs as a manager now (`Swarm::manager_watch`).
+    manager_tx: watch::Sender<bool>,
+    /// Logs of tasks on other nodes (managers).
+    log_broker: logbroker::LogBroker,
 }
 
 const DEFAULT_PORT: u16 = 2377;
@@ -196,6 +203,8 @@ impl Swarm {
                 lifecycle: tokio::sync::Mutex::new(()),
                 active: RwLock::new(None),
                 changing_role: AtomicBool::new(false),
+                manager_tx: watch::channel(false).0,
+                log_broker: logbroker::LogBroker::default(),
             }),
         };
         let state_path = swarm.inner.dir.join("state.json");
@@ -230,6 +239,13 @@ impl Swarm {
             info!("resumed swarm membership");
         }
         Ok(swarm)
+    }
+
+    /// Replaces what runs for this membership (and tells `manager_watch` subscribers).
+    fn set_active(&self, active: Option<Arc<Active>>) {
+        let manager = active.as_ref().is_some_and(|a| a.store.is_some());
+        *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = active;
+        self.inner.manager_tx.send_replace(manager);
     }
 
     fn active(&self) -> Option<Arc<Active>> {
@@ -374,7 +390,7 @@ impl Swarm {
             cert_task: std::sync::Mutex::new(Some(cert_task)),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
-        *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = Some(active);
+        self.set_active(Some(active));
     }
 
     /// Runs a worker: the agent, over a dispatcher session with the known managers, and the
@@ -425,7 +441,7 @@ impl Swarm {
             cert_task: std::sync::Mutex::new(Some(cert_task)),
             tasks: std::sync::Mutex::new(vec![persist]),
         });
-        *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = Some(active);
+        self.set_active(Some(active));
         Ok(())
     }
 
@@ -557,7 +573,7 @@ impl Swarm {
         info!(node = %state.node_id, "this node was promoted: joining the managers");
         let listener = bind_cluster_port(&state.listen_addr).await?;
         let (store, peers, port) = self.enter_raft(&state, &identity, listener, &via).await?;
-        *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.set_active(None);
         active.stop().await;
         state.managers = Vec::new();
         self.write_state(&state)?;
@@ -592,7 +608,7 @@ impl Swarm {
         if managers.is_empty() {
             return Err(SwarmError::Internal("a demoted manager knows no other manager".into()));
         }
-        *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.set_active(None);
         active.stop().await;
         self.remove_raft_dir()?;
         let mut state = active.state.clone();
@@ -713,11 +729,12 @@ impl Swarm {
         let node_id = shoal_types::new_id();
         let cluster_id = shoal_types::new_id();
         let unlock = shoal_types::unlock_key(&shoal_types::ids::new_unlock_secret());
+        let dashboard_credential = dashboard::new_credential();
         let mut cluster = Cluster {
             id: cluster_id.clone(),
             spec,
             join_tokens: JoinTokens { worker: ca::new_join_token(&ca.digest()), manager: ca::new_join_token(&ca.digest()) },
-            store_only: Some(ClusterSecrets { root_ca_cert_pem: ca.cert_pem().to_string(), root_ca_key_pem: ca.key_pem().to_string(), unlock_key: unlock, ..ClusterSecrets::default() }),
+            store_only: Some(ClusterSecrets { root_ca_cert_pem: ca.cert_pem().to_string(), root_ca_key_pem: ca.key_pem().to_string(), unlock_key: unlock, dashboard_credential: dashboard::hash_credential(&dashboard_credential), ..ClusterSecrets::default() }),
             ..Cluster::default()
         };
         cluster.tls_info = ca.issuer_info().tls_info(ca.cert_pem());
@@ -761,6 +778,7 @@ impl Swarm {
             managers: Vec::new(),
         };
         self.write_state(&state)?;
+        self.write_credential_file(&dashboard_credential)?;
         self.activate_manager(state, store, peers, Some(listener)).await?;
         info!(node_id = %node_id, "swarm initialised");
         Ok(node_id)
@@ -821,7 +839,7 @@ impl Swarm {
             }
             return Err(leave_refusal(reachable, unreachable));
         }
-        *self.inner.active.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.set_active(None);
         active.stop().await;
         // Leaving removes this node's task containers, as dockerd does.
         for rec in self.inner.engine.list() {

@@ -1,5 +1,6 @@
-//! `docker service logs` / task logs: the logs of a service's task containers on this node,
-//! each line tagged with the node, service and task it came from.
+//! `docker service logs` / task logs: the logs of a service's task containers, each line tagged
+//! with the node, service and task it came from — read from the engine for this node's tasks and
+//! through the log broker ([`crate::logbroker`]) from the nodes running the others.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,6 +13,10 @@ use shoal_types::{Service, Task};
 
 use crate::error::Result;
 use crate::Swarm;
+use shoal_agent::remote::wire::LogSubscription;
+
+/// How long a non-follow `service logs` waits for other nodes' lines.
+const REMOTE_LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Default)]
 pub struct LogOptions {
@@ -40,9 +45,49 @@ impl Swarm {
         let store = self.store()?;
         let (tx, rx) = mpsc::channel(256);
         let engine = self.engine().clone();
+        let this_node = self.node_id().unwrap_or_default();
+        let swarm = self.clone();
         tokio::spawn(async move {
             let mut seen: HashSet<String> = HashSet::new();
+            let mut subscriptions: Vec<String> = Vec::new();
             loop {
+                // Tasks on other nodes: ask those nodes to publish their logs here.
+                let remote: Vec<Task> = match (&service, &task) {
+                    (_, Some(t)) => store.view().get::<Task>(&t.id).into_iter().collect(),
+                    (Some(s), None) => store.view().find::<Task>(|t| t.service_id == s.id),
+                    (None, None) => Vec::new(),
+                };
+                let mut by_node: std::collections::BTreeMap<String, (String, Vec<String>)> = Default::default();
+                for t in remote {
+                    let has_container = t.status.container_status.as_ref().is_some_and(|c| !c.container_id.is_empty());
+                    if t.node_id.is_empty() || t.node_id == this_node || !has_container || !seen.insert(t.id.clone()) {
+                        continue;
+                    }
+                    by_node.entry(t.node_id.clone()).or_insert_with(|| (t.service_id.clone(), Vec::new())).1.push(t.id);
+                }
+                for (node, (service_id, task_ids)) in by_node {
+                    let sub = LogSubscription {
+                        id: shoal_types::new_id(),
+                        task_ids,
+                        stdout: opts.stdout,
+                        stderr: opts.stderr,
+                        follow: opts.follow,
+                        tail: opts.tail,
+                        since: opts.since,
+                    };
+                    let id = sub.id.clone();
+                    if swarm.inner.log_broker.subscribe(&node, &service_id, sub, tx.clone()).await {
+                        subscriptions.push(id.clone());
+                        if !opts.follow {
+                            // A node that never answers must not hold the stream open.
+                            let swarm = swarm.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(REMOTE_LOGS_TIMEOUT).await;
+                                swarm.inner.log_broker.cancel(&id);
+                            });
+                        }
+                    }
+                }
                 let tasks: Vec<Task> = match (&service, &task) {
                     (_, Some(t)) => store.view().get::<Task>(&t.id).into_iter().collect(),
                     (Some(s), None) => store.view().find::<Task>(|t| t.service_id == s.id),
@@ -87,7 +132,12 @@ impl Swarm {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = tx.closed() => return,
+                    _ = tx.closed() => {
+                        for id in &subscriptions {
+                            swarm.inner.log_broker.cancel(id);
+                        }
+                        return;
+                    }
                 }
             }
         });

@@ -87,6 +87,8 @@ pub(crate) enum ControlOp {
     RecordTlsInfo { node_id: String, info: TlsInfo },
     /// Admit manager `node_id` (its store's Raft id, its cluster address) into the Raft group.
     AddManager { node_id: String, raft_id: u64, addr: String },
+    /// The dashboard credential's new hash (`dashboard.rs`).
+    SetDashboardCredential { hash: String },
 }
 
 impl ControlOp {
@@ -104,6 +106,7 @@ impl ControlOp {
             ControlOp::RecordStatus { .. } => "record status",
             ControlOp::RecordTlsInfo { .. } => "record tls info",
             ControlOp::AddManager { .. } => "add manager",
+            ControlOp::SetDashboardCredential { .. } => "set dashboard credential",
         }
     }
 }
@@ -141,7 +144,8 @@ pub(crate) fn member_at(members: &BTreeMap<u64, String>, addr: &str) -> Option<u
 pub(crate) fn can_remove_member(voters: &BTreeMap<u64, bool>, remove: u64) -> bool {
     let reachable = voters.iter().filter(|(id, up)| **id != remove && **up).count();
     let remaining = voters.len() - usize::from(voters.contains_key(&remove));
-    reachable >= remaining / 2 + 1
+    // a majority of the remaining group
+    reachable > remaining / 2
 }
 
 /// Each voter's reachability as the leader sees it (itself always; a peer when it acknowledged
@@ -291,6 +295,7 @@ impl Swarm {
             }
             ControlOp::RecordTlsInfo { node_id, info } => unit(crate::certs::record_tls_info(&self.store()?, &node_id, info).await),
             ControlOp::AddManager { node_id, raft_id, addr } => unit(self.add_manager(node_id, raft_id, addr).await),
+            ControlOp::SetDashboardCredential { hash } => unit(self.commit_set_dashboard_credential(hash).await),
         };
         if let Err(e) = &r {
             debug!(op = name, error = %e, "write refused");

@@ -27,6 +27,8 @@ pub struct DaemonOpts {
     pub start_timeout: Duration,
     /// Timeout for each `docker` CLI invocation (default 120 s).
     pub docker_timeout: Duration,
+    /// Run the daemon in its own UTS namespace with this hostname (its swarm node name).
+    pub hostname: Option<String>,
 }
 
 impl DaemonOpts {
@@ -38,7 +40,14 @@ impl DaemonOpts {
             env: Vec::new(),
             start_timeout: Duration::from_secs(15),
             docker_timeout: Duration::from_secs(120),
+            hostname: None,
         }
+    }
+
+    /// Gives the daemon its own hostname (a UTS namespace), as `shoal lab` does.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -97,7 +106,15 @@ impl Daemon {
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open daemon log");
         let _ = writeln!(&log, "=== shoal-testkit: starting daemon at {:?}", std::time::SystemTime::now());
-        let mut cmd = self.opts.netns.command(&self.opts.exe);
+        let mut cmd = match &self.opts.hostname {
+            None => self.opts.netns.command(&self.opts.exe),
+            Some(name) => {
+                // unshare and sh exec in turn: the child's pid stays the daemon's.
+                let mut c = self.opts.netns.command("unshare");
+                c.args(["--uts", "--", "sh", "-c", "hostname \"$1\" && shift && exec \"$@\"", "sh", name]).arg(&self.opts.exe);
+                c
+            }
+        };
         cmd.arg("daemon")
             .arg("-H")
             .arg(format!("unix://{}", self.sock.display()))

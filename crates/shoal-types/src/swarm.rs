@@ -73,6 +73,10 @@ pub struct ClusterSecrets {
     /// `RootCA.LastForcedRotation`): a cluster update with another value starts a rotation.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub last_forced_rotation: u64,
+    /// The web dashboard's login credential, hashed (`pbkdf2-sha256$<iterations>$<salt>$<hash>`,
+    /// hex; see `shoal_swarm::dashboard`); empty when none was set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dashboard_credential: String,
 }
 
 /// A root CA rotation in progress: the CA being rotated to and its certificate cross-signed by

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
+mod dashboard_cli;
 mod lab;
 
 #[derive(Parser)]
@@ -27,6 +28,8 @@ enum Command {
     Daemon(DaemonArgs),
     /// Run a multi-node swarm on this machine: one network namespace and daemon per node.
     Lab(lab::LabArgs),
+    /// The web dashboard managers serve: `shoal dashboard credentials [--reset]`.
+    Dashboard(dashboard_cli::DashboardArgs),
 }
 
 #[derive(Parser)]
@@ -52,6 +55,9 @@ struct DaemonArgs {
     /// Enable debug logging (same as --log-level debug).
     #[arg(short = 'D', long)]
     debug: bool,
+    /// Where managers serve the web dashboard (IP:PORT or :PORT); "off" or "" disables it.
+    #[arg(long, default_value = shoal_dashboard::DEFAULT_ADDR)]
+    dashboard_addr: String,
 }
 
 fn main() {
@@ -64,6 +70,7 @@ fn main() {
     let result = match cli.command {
         Command::Daemon(args) => run_daemon(args),
         Command::Lab(args) => lab::run(args),
+        Command::Dashboard(args) => dashboard_cli::run(args),
     };
     if let Err(e) = result {
         eprintln!("shoal: {e:#}");
@@ -143,6 +150,7 @@ fn run_daemon(args: DaemonArgs) -> Result<()> {
         .map(|h| shoal_api::ListenerSpec::parse(h).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
     let (gateway, subnet) = parse_bip(&args.bip)?;
+    let dashboard_addr = shoal_dashboard::parse_addr(&args.dashboard_addr)?;
     std::fs::create_dir_all(&args.data_root).with_context(|| format!("creating {}", args.data_root.display()))?;
     std::fs::create_dir_all(&args.exec_root).with_context(|| format!("creating {}", args.exec_root.display()))?;
     let data_root = std::fs::canonicalize(&args.data_root)?;
@@ -192,6 +200,7 @@ fn run_daemon(args: DaemonArgs) -> Result<()> {
         }
         info!(data_root = %data_root.display(), exec_root = %exec_root.display(), "shoal daemon ready");
         let swarm = shoal_swarm::Swarm::load(engine.clone(), &data_root).await.context("resuming swarm membership")?;
+        let dashboard = dashboard_addr.map(|addr| shoal_dashboard::spawn(swarm.clone(), addr));
         let state = shoal_api::ApiState { engine, swarm: swarm.clone(), daemon };
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -199,6 +208,9 @@ fn run_daemon(args: DaemonArgs) -> Result<()> {
             _ = shoal_api::serve(state, listeners) => warn!("API server stopped"),
             _ = sigterm.recv() => info!("SIGTERM: shutting down, containers keep running (live restore)"),
             _ = sigint.recv() => info!("SIGINT: shutting down, containers keep running (live restore)"),
+        }
+        if let Some(d) = dashboard {
+            d.abort();
         }
         swarm.shutdown().await;
         for spec in &specs {

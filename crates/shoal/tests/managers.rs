@@ -2,7 +2,8 @@
 //! by the stock docker CLI. Two nodes join with the manager token and one as a worker; every
 //! manager answers `node ls` and `info`; a service created on a follower runs; demote/promote
 //! round trip; kill -9 the leader: another manager takes over, keeps reconciling (the dead
-//! node's tasks run elsewhere) and accepts new services; the old leader restarts as a follower.
+//! node's tasks run elsewhere) and accepts new services; the old leader restarts as a follower;
+//! a manager demoted while it is down becomes a worker when it comes back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -142,6 +143,9 @@ fn three_managers_share_the_work_and_fail_over() {
     });
     assert!(demoted, "after demote:\n{}\nnode 3 log:\n{}", table_text(&nodes[0]), nodes[2].log_tail());
     fails_with(&nodes[2], &["node", "ls"], "This node is not a swarm manager.");
+    let out = nodes[0].docker(["info"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Running Swarm in a two-manager configuration"), "{text}");
     let out = nodes[0].docker_ok(["node", "promote", &ids[2]]);
     assert!(out.contains("promoted to a manager in the swarm"), "{out}");
     assert!(wait_until(SOON, || settled(&nodes[0]) && info(&nodes[2], "ControlAvailable") == "true"), "after promote:\n{}\nnode 3 log:\n{}", table_text(&nodes[0]), nodes[2].log_tail());
@@ -197,4 +201,20 @@ fn three_managers_share_the_work_and_fail_over() {
         table_text(&nodes[new])
     );
     assert!(wait_until(SOON, || tasks_running(&nodes[old], "sleeper") == Some(4)), "{}", nodes[old].docker_ok(["service", "ps", "sleeper"]));
+
+    // a manager demoted while it is down learns it from the other managers when it comes back
+    nodes[old].kill9();
+    assert!(
+        wait_until(SOON, || node_table(&nodes[new]).is_some_and(|t| t.get(&ids[old]).is_some_and(|(_, m)| m == "Unreachable"))),
+        "{}",
+        table_text(&nodes[new])
+    );
+    nodes[new].docker_ok(["node", "demote", &ids[old]]);
+    nodes[old].restart();
+    let worker_again = wait_until(Duration::from_secs(150), || {
+        info(&nodes[old], "ControlAvailable") == "false"
+            && node_table(&nodes[new]).is_some_and(|t| t.get(&ids[old]).is_some_and(|(s, m)| s == "Ready" && m.is_empty()))
+    });
+    assert!(worker_again, "after a demotion while down:\n{}\nlog:\n{}", table_text(&nodes[new]), nodes[old].log_tail());
+    assert_eq!(info(&nodes[new], "Managers"), "2");
 }

@@ -268,6 +268,20 @@ fn overlay_network_service_discovery_and_vip() {
     seen.remove("?");
     assert_eq!(seen.len(), 2, "answers through the VIP: {seen:?}");
 
+    // `service logs` on the manager includes the worker's task (published over its session):
+    // one task per node, two lines.
+    nodes[0].docker_ok([
+        "service", "create", "--name", "talk", "--replicas", "2", "--replicas-max-per-node", "1", "busybox", "sh", "-c",
+        "echo hello-from-$(hostname); sleep 1d",
+    ]);
+    assert_eq!(containers(&nodes[1], "talk").len(), 1, "one talk task on the worker");
+    let mut got = String::new();
+    let both = wait_until(Duration::from_secs(20), || {
+        got = nodes[0].docker_ok(["service", "logs", "talk"]);
+        got.lines().filter(|l| l.contains("hello-from-")).count() == 2
+    });
+    assert!(both, "service logs on the manager: {got}");
+
     for d in &nodes {
         d.docker_ok(["swarm", "leave", "--force"]);
     }
