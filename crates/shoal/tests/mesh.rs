@@ -187,6 +187,15 @@ fn routing_mesh_round_robin_from_every_node() {
     let via_manager = remote_addr(0);
     assert!(via_manager.starts_with("10.0.0."), "through another node the source is that node's ingress address: {via_manager:?}");
 
+    // mode=host: the port opens on the task's own node only.
+    nodes[0].docker_ok([
+        "service", "create", "--name", "hostport", "--constraint", &format!("node.id=={w1}"), "--publish",
+        "mode=host,published=4569,target=80", "whoami",
+    ]);
+    let on_task_node = wait_until(Duration::from_secs(20), || get(client, lab.addr(1), 4569).is_ok());
+    assert!(on_task_node, "host-mode port on the task's node");
+    assert!(get(client, lab.addr(0), 4569).is_err(), "host-mode port must not open on other nodes");
+
     for d in &nodes {
         d.docker_ok(["swarm", "leave", "--force"]);
     }
