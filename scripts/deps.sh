@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages shoal's build, demo and tests need (idempotent).
 set -euo pipefail
-pkgs=(busybox-static nginx nftables iproute2 tini docker-registry skopeo util-linux procps curl gcc make pkg-config ca-certificates)
+# chromium + chromium-driver: the dashboard's browser tests (crates/shoal/tests/dashboard.rs).
+pkgs=(busybox-static nginx nftables iproute2 tini docker-registry skopeo util-linux procps curl gcc make pkg-config ca-certificates chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

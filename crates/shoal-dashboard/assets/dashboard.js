@@ -45,7 +45,13 @@
       });
     });
     var es = new EventSource('/live');
-    es.addEventListener('open', function () { status('Live'); refreshAll(); });
+    var opened = false;
+    es.addEventListener('open', function () {
+      status('Live');
+      // After a reconnect something may have been missed; the first open follows the page load.
+      if (opened) refreshAll();
+      opened = true;
+    });
     es.addEventListener('update', refreshAll);
     es.addEventListener('logout', function () { es.close(); location.reload(); });
     es.addEventListener('error', function () { status('Reconnecting…'); });

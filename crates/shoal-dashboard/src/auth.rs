@@ -78,7 +78,10 @@ pub fn cookie_token(header: Option<&str>) -> Option<String> {
 
 /// The `Set-Cookie` value for a new session.
 pub fn session_cookie(token: &str) -> String {
-    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", MAX_AGE.as_secs())
+    format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        MAX_AGE.as_secs()
+    )
 }
 
 /// The `Set-Cookie` value that removes the session cookie.
@@ -103,11 +106,23 @@ impl Sessions {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, s| alive(s, now));
         if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(k, _)| k.clone())
+            {
                 map.remove(&oldest);
             }
         }
-        map.insert(token.clone(), Session { csrf: random_token(), created: now, last_seen: now, flash: None });
+        map.insert(
+            token.clone(),
+            Session {
+                csrf: random_token(),
+                created: now,
+                last_seen: now,
+                flash: None,
+            },
+        );
         token
     }
 
@@ -125,33 +140,54 @@ impl Sessions {
             return None;
         }
         session.last_seen = now;
-        Some(SessionView { token: token.to_string(), csrf: session.csrf.clone(), flash: session.flash.take() })
+        Some(SessionView {
+            token: token.to_string(),
+            csrf: session.csrf.clone(),
+            flash: session.flash.take(),
+        })
     }
 
     /// Whether `given` is the CSRF token of the live session `token`.
     pub fn check_csrf(&self, token: &str, given: &str) -> bool {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(token).is_some_and(|s| alive(s, Instant::now()) && constant_time_eq(s.csrf.as_bytes(), given.as_bytes()))
+        map.get(token).is_some_and(|s| {
+            alive(s, Instant::now()) && constant_time_eq(s.csrf.as_bytes(), given.as_bytes())
+        })
     }
 
     /// Whether `token` names a live session (without extending it).
     pub fn is_alive(&self, token: &str) -> bool {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(token).is_some_and(|s| alive(s, Instant::now()))
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .is_some_and(|s| alive(s, Instant::now()))
     }
 
     pub fn set_flash(&self, token: &str, flash: Flash) {
-        if let Some(s) = self.inner.lock().unwrap_or_else(|p| p.into_inner()).get_mut(token) {
+        if let Some(s) = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(token)
+        {
             s.flash = Some(flash);
         }
     }
 
     pub fn remove(&self, token: &str) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(token);
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
     }
 
     /// Ends every session but `keep` (after a credential change).
     pub fn remove_others(&self, keep: &str) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| k == keep);
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| k == keep);
     }
 
     #[allow(clippy::len_without_is_empty)]
@@ -161,7 +197,8 @@ impl Sessions {
 }
 
 fn alive(s: &Session, now: Instant) -> bool {
-    now.saturating_duration_since(s.last_seen) < IDLE_TIMEOUT && now.saturating_duration_since(s.created) < MAX_AGE
+    now.saturating_duration_since(s.last_seen) < IDLE_TIMEOUT
+        && now.saturating_duration_since(s.created) < MAX_AGE
 }
 
 /// Failed logins per client address: each failure in the last minutes makes the next attempt
@@ -178,7 +215,9 @@ impl Throttle {
     pub fn delay(&self, ip: IpAddr) -> Duration {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&ip) {
-            Some((n, at)) if at.elapsed() < THROTTLE_WINDOW => Duration::from_millis((250 * u64::from(*n)).min(5000)),
+            Some((n, at)) if at.elapsed() < THROTTLE_WINDOW => {
+                Duration::from_millis((250 * u64::from(*n)).min(5000))
+            }
             _ => Duration::ZERO,
         }
     }
@@ -192,7 +231,10 @@ impl Throttle {
     }
 
     pub fn succeeded(&self, ip: IpAddr) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ip);
     }
 }
 
@@ -205,7 +247,9 @@ mod tests {
         let (a, b) = (random_token(), random_token());
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     }
 
     #[test]
@@ -256,19 +300,39 @@ mod tests {
     fn flash_messages_show_once() {
         let s = Sessions::default();
         let a = s.create();
-        s.set_flash(&a, Flash { error: true, text: "boom".into() });
-        assert_eq!(s.touch(&a).unwrap().flash.map(|f| f.text), Some("boom".into()));
+        s.set_flash(
+            &a,
+            Flash {
+                error: true,
+                text: "boom".into(),
+            },
+        );
+        assert_eq!(
+            s.touch(&a).unwrap().flash.map(|f| f.text),
+            Some("boom".into())
+        );
         assert!(s.touch(&a).unwrap().flash.is_none());
     }
 
     #[test]
     fn cookies_parse_and_are_strict() {
-        assert_eq!(cookie_token(Some("a=b; shoal_session=tok123; c=d")), Some("tok123".into()));
+        assert_eq!(
+            cookie_token(Some("a=b; shoal_session=tok123; c=d")),
+            Some("tok123".into())
+        );
         assert_eq!(cookie_token(Some("shoal_session=")), None);
         assert_eq!(cookie_token(None), None);
         let c = session_cookie("x");
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.starts_with("shoal_session=x;"));
-        assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"abc", b"ab"));
+        assert!(
+            c.contains("HttpOnly")
+                && c.contains("SameSite=Strict")
+                && c.starts_with("shoal_session=x;")
+        );
+        assert!(
+            constant_time_eq(b"abc", b"abc")
+                && !constant_time_eq(b"abc", b"abd")
+                && !constant_time_eq(b"abc", b"ab")
+        );
     }
 
     #[test]

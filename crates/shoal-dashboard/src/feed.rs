@@ -42,7 +42,11 @@ struct Seen {
 
 impl Default for Hub {
     fn default() -> Self {
-        Hub { generation: watch::channel(0).0, events: Mutex::new(VecDeque::new()), last: Mutex::new(Seen::default()) }
+        Hub {
+            generation: watch::channel(0).0,
+            events: Mutex::new(VecDeque::new()),
+            last: Mutex::new(Seen::default()),
+        }
     }
 }
 
@@ -57,12 +61,21 @@ impl Hub {
     }
 
     pub fn events(&self) -> Vec<EventEntry> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     fn push(&self, kind: &'static str, text: String) {
         let mut ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        ev.push_back(EventEntry { time: Utc::now(), kind, text });
+        ev.push_back(EventEntry {
+            time: Utc::now(),
+            kind,
+            text,
+        });
         while ev.len() > KEEP {
             ev.pop_front();
         }
@@ -78,7 +91,8 @@ impl Hub {
                     seen.names.insert(s.id.clone(), s.spec.name.clone());
                 }
                 AnyObject::Node(n) => {
-                    seen.names.insert(n.id.clone(), n.display_name().to_string());
+                    seen.names
+                        .insert(n.id.clone(), n.display_name().to_string());
                 }
                 _ => {}
             }
@@ -93,10 +107,21 @@ impl Hub {
             match c.object.as_ref() {
                 AnyObject::Service(s) => {
                     let what = match &s.spec.mode {
-                        shoal_types::ServiceMode::Replicated { replicas } => format!(" ({replicas} replicas, {})", s.spec.task_template.container_spec.image),
-                        _ => format!(" ({}, {})", s.spec.mode.name(), s.spec.task_template.container_spec.image),
+                        shoal_types::ServiceMode::Replicated { replicas } => format!(
+                            " ({replicas} replicas, {})",
+                            s.spec.task_template.container_spec.image
+                        ),
+                        _ => format!(
+                            " ({}, {})",
+                            s.spec.mode.name(),
+                            s.spec.task_template.container_spec.image
+                        ),
                     };
-                    let what = if c.action == ChangeAction::Delete { String::new() } else { what };
+                    let what = if c.action == ChangeAction::Delete {
+                        String::new()
+                    } else {
+                        what
+                    };
                     lines.push(("service", format!("service {} {verb}{what}", s.spec.name)));
                 }
                 AnyObject::Node(n) => {
@@ -110,7 +135,14 @@ impl Hub {
                             if seen.nodes.insert(n.id.clone(), now) != Some(now) {
                                 lines.push((
                                     "node",
-                                    format!("node {} {}: {}, {}, {}", n.display_name(), verb, n.status.state.as_str(), n.spec.availability.as_str(), n.spec.role.as_str()),
+                                    format!(
+                                        "node {} {}: {}, {}, {}",
+                                        n.display_name(),
+                                        verb,
+                                        n.status.state.as_str(),
+                                        n.spec.availability.as_str(),
+                                        n.spec.role.as_str()
+                                    ),
                                 ));
                             }
                         }
@@ -124,22 +156,41 @@ impl Hub {
                     if seen.tasks.insert(t.id.clone(), t.status.state) == Some(t.status.state) {
                         continue;
                     }
-                    let service = seen.names.get(&t.service_id).cloned().unwrap_or_else(|| t.service_name().to_string());
+                    let service = seen
+                        .names
+                        .get(&t.service_id)
+                        .cloned()
+                        .unwrap_or_else(|| t.service_name().to_string());
                     let name = shoal_types::task_display_name(&service, t.slot, &t.node_id);
                     let node = if t.node_id.is_empty() {
                         String::new()
                     } else {
-                        format!(" on {}", seen.names.get(&t.node_id).cloned().unwrap_or_else(|| crate::html::short(&t.node_id).to_string()))
+                        format!(
+                            " on {}",
+                            seen.names
+                                .get(&t.node_id)
+                                .cloned()
+                                .unwrap_or_else(|| crate::html::short(&t.node_id).to_string())
+                        )
                     };
-                    let err = if t.status.err.is_empty() { String::new() } else { format!(": {}", t.status.err) };
-                    lines.push(("task", format!("task {name}{node} {}{err}", t.status.state.as_str())));
+                    let err = if t.status.err.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", t.status.err)
+                    };
+                    lines.push((
+                        "task",
+                        format!("task {name}{node} {}{err}", t.status.state.as_str()),
+                    ));
                 }
                 AnyObject::Network(n) => {
                     if c.action != ChangeAction::Update {
                         lines.push(("network", format!("network {} {verb}", n.spec.name)));
                     }
                 }
-                AnyObject::Cluster(_) => lines.push(("cluster", format!("cluster settings {verb}"))),
+                AnyObject::Cluster(_) => {
+                    lines.push(("cluster", format!("cluster settings {verb}")))
+                }
                 AnyObject::Secret(_) | AnyObject::Config(_) => {}
             }
         }
@@ -198,27 +249,63 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use shoal_types::{Node, Service, ServiceMode, ServiceSpec, Task, TaskStatus};
+    use std::sync::Arc;
 
     fn change(action: ChangeAction, object: AnyObject) -> ObjectChange {
-        ObjectChange { action, object: Arc::new(object) }
+        ObjectChange {
+            action,
+            object: Arc::new(object),
+        }
     }
 
     #[test]
     fn only_transitions_become_events() {
         let hub = Hub::default();
         let mut rx = hub.subscribe();
-        let mut svc = Service { id: "s1".into(), spec: ServiceSpec { name: "web".into(), mode: ServiceMode::Replicated { replicas: 2 }, ..ServiceSpec::default() }, ..Service::default() };
+        let mut svc = Service {
+            id: "s1".into(),
+            spec: ServiceSpec {
+                name: "web".into(),
+                mode: ServiceMode::Replicated { replicas: 2 },
+                ..ServiceSpec::default()
+            },
+            ..Service::default()
+        };
         svc.spec.task_template.container_spec.image = "nginx".into();
-        let mut node = Node { id: "n1".into(), ..Node::default() };
+        let mut node = Node {
+            id: "n1".into(),
+            ..Node::default()
+        };
         node.description.hostname = "worker-1".into();
         node.status.state = NodeState::Ready;
-        let task = |state| Task { id: "t1".into(), service_id: "s1".into(), slot: 1, node_id: "n1".into(), status: TaskStatus { state, ..TaskStatus::default() }, ..Task::default() };
-        hub.record(&[change(ChangeAction::Create, AnyObject::Service(svc.clone())), change(ChangeAction::Update, AnyObject::Node(node.clone()))]);
-        hub.record(&[change(ChangeAction::Create, AnyObject::Task(task(TaskState::Pending)))]);
-        hub.record(&[change(ChangeAction::Update, AnyObject::Task(task(TaskState::Pending)))]);
-        hub.record(&[change(ChangeAction::Update, AnyObject::Task(task(TaskState::Running)))]);
+        let task = |state| Task {
+            id: "t1".into(),
+            service_id: "s1".into(),
+            slot: 1,
+            node_id: "n1".into(),
+            status: TaskStatus {
+                state,
+                ..TaskStatus::default()
+            },
+            ..Task::default()
+        };
+        hub.record(&[
+            change(ChangeAction::Create, AnyObject::Service(svc.clone())),
+            change(ChangeAction::Update, AnyObject::Node(node.clone())),
+        ]);
+        hub.record(&[change(
+            ChangeAction::Create,
+            AnyObject::Task(task(TaskState::Pending)),
+        )]);
+        hub.record(&[change(
+            ChangeAction::Update,
+            AnyObject::Task(task(TaskState::Pending)),
+        )]);
+        hub.record(&[change(
+            ChangeAction::Update,
+            AnyObject::Task(task(TaskState::Running)),
+        )]);
         hub.record(&[change(ChangeAction::Update, AnyObject::Node(node.clone()))]);
         node.spec.availability = NodeAvailability::Drain;
         hub.record(&[change(ChangeAction::Update, AnyObject::Node(node))]);

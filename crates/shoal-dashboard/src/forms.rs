@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use shoal_types::{EndpointSpec, Placement, PortConfig, PortProtocol, PublishMode, ServiceMode, ServiceSpec};
+use shoal_types::{
+    EndpointSpec, Placement, PortConfig, PortProtocol, PublishMode, ServiceMode, ServiceSpec,
+};
 
 use crate::DashboardError;
 
@@ -14,7 +16,11 @@ pub struct Form(pub Vec<(String, String)>);
 impl Form {
     pub fn parse(body: &[u8]) -> Form {
         let text = String::from_utf8_lossy(body);
-        let dec = |s: &str| urlencoding::decode(&s.replace('+', " ")).map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string());
+        let dec = |s: &str| {
+            urlencoding::decode(&s.replace('+', " "))
+                .map(|c| c.into_owned())
+                .unwrap_or_else(|_| s.to_string())
+        };
         Form(
             text.split('&')
                 .filter(|p| !p.is_empty())
@@ -28,7 +34,12 @@ impl Form {
 
     /// The last value of `key`, or "".
     pub fn get(&self, key: &str) -> &str {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("")
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
     }
 }
 
@@ -64,24 +75,46 @@ impl ServiceForm {
         }
         let mode = match self.mode.as_str() {
             "global" => ServiceMode::Global,
-            "" | "replicated" => ServiceMode::Replicated { replicas: parse_replicas(if self.replicas.is_empty() { "1" } else { &self.replicas })? },
-            other => return Err(DashboardError::Form(format!("unknown mode {other:?}: use replicated or global"))),
+            "" | "replicated" => ServiceMode::Replicated {
+                replicas: parse_replicas(if self.replicas.is_empty() {
+                    "1"
+                } else {
+                    &self.replicas
+                })?,
+            },
+            other => {
+                return Err(DashboardError::Form(format!(
+                    "unknown mode {other:?}: use replicated or global"
+                )))
+            }
         };
-        let mut spec = ServiceSpec { name: self.name.clone(), mode, ..ServiceSpec::default() };
+        let mut spec = ServiceSpec {
+            name: self.name.clone(),
+            mode,
+            ..ServiceSpec::default()
+        };
         spec.task_template.container_spec.image = self.image.clone();
         spec.task_template.container_spec.env = lines(&self.env);
         for e in &spec.task_template.container_spec.env {
             if !e.contains('=') || e.starts_with('=') {
-                return Err(DashboardError::Form(format!("invalid environment entry {e:?}: use KEY=VALUE")));
+                return Err(DashboardError::Form(format!(
+                    "invalid environment entry {e:?}: use KEY=VALUE"
+                )));
             }
         }
         let constraints = lines(&self.constraints);
         if !constraints.is_empty() {
-            spec.task_template.placement = Some(Placement { constraints, ..Placement::default() });
+            spec.task_template.placement = Some(Placement {
+                constraints,
+                ..Placement::default()
+            });
         }
         let ports = parse_ports(&self.ports)?;
         if !ports.is_empty() {
-            spec.endpoint_spec = Some(EndpointSpec { ports, ..EndpointSpec::default() });
+            spec.endpoint_spec = Some(EndpointSpec {
+                ports,
+                ..EndpointSpec::default()
+            });
         }
         Ok(spec)
     }
@@ -89,14 +122,21 @@ impl ServiceForm {
 
 /// Non-empty trimmed lines (commas separate too, except in env values).
 fn lines(text: &str) -> Vec<String> {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A replica count (0 to 100 000).
 pub fn parse_replicas(text: &str) -> Result<u64, DashboardError> {
     match text.trim().parse::<u64>() {
         Ok(n) if n <= 100_000 => Ok(n),
-        _ => Err(DashboardError::Form(format!("invalid replica count {:?}: use a whole number from 0 to 100000", text.trim()))),
+        _ => Err(DashboardError::Form(format!(
+            "invalid replica count {:?}: use a whole number from 0 to 100000",
+            text.trim()
+        ))),
     }
 }
 
@@ -104,14 +144,24 @@ pub fn parse_replicas(text: &str) -> Result<u64, DashboardError> {
 /// lines; `mode=host` is not offered here.
 pub fn parse_ports(text: &str) -> Result<Vec<PortConfig>, DashboardError> {
     let mut out = Vec::new();
-    for item in text.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
-        let bad = || DashboardError::Form(format!("invalid port {item:?}: use PUBLISHED:TARGET[/tcp|udp], e.g. 8080:80"));
+    for item in text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+    {
+        let bad = || {
+            DashboardError::Form(format!(
+                "invalid port {item:?}: use PUBLISHED:TARGET[/tcp|udp], e.g. 8080:80"
+            ))
+        };
         let (ports, proto) = match item.split_once('/') {
             Some((p, proto)) => (p, proto.parse::<PortProtocol>().map_err(|_| bad())?),
             None => (item, PortProtocol::Tcp),
         };
         let (published, target) = match ports.split_once(':') {
-            Some((p, t)) => (p.parse::<u16>().map_err(|_| bad())?, t.parse::<u16>().map_err(|_| bad())?),
+            Some((p, t)) => (
+                p.parse::<u16>().map_err(|_| bad())?,
+                t.parse::<u16>().map_err(|_| bad())?,
+            ),
             None => (0, ports.parse::<u16>().map_err(|_| bad())?),
         };
         if target == 0 {
@@ -135,7 +185,9 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, DashboardErr
         let (k, v) = line.split_once('=').unwrap_or((line.as_str(), ""));
         let k = k.trim();
         if k.is_empty() {
-            return Err(DashboardError::Form(format!("invalid label {line:?}: use key=value")));
+            return Err(DashboardError::Form(format!(
+                "invalid label {line:?}: use key=value"
+            )));
         }
         out.insert(k.to_string(), v.trim().to_string());
     }
@@ -163,7 +215,9 @@ mod tests {
 
     #[test]
     fn forms_decode_like_browsers_send_them() {
-        let f = Form::parse(b"name=web&image=nginx%3Alatest&env=A%3D1%0D%0AB%3Dtwo+words&csrf=x&csrf=y");
+        let f = Form::parse(
+            b"name=web&image=nginx%3Alatest&env=A%3D1%0D%0AB%3Dtwo+words&csrf=x&csrf=y",
+        );
         assert_eq!(f.get("image"), "nginx:latest");
         assert_eq!(f.get("env"), "A=1\r\nB=two words");
         assert_eq!(f.get("csrf"), "y");
@@ -185,28 +239,75 @@ mod tests {
         assert_eq!(spec.name, "web");
         assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 2 });
         assert_eq!(spec.task_template.container_spec.image, "nginx");
-        assert_eq!(spec.task_template.container_spec.env, vec!["A=1", "B=two words"]);
-        assert_eq!(spec.task_template.placement.unwrap().constraints, vec!["node.role==worker", "node.labels.zone==a"]);
+        assert_eq!(
+            spec.task_template.container_spec.env,
+            vec!["A=1", "B=two words"]
+        );
+        assert_eq!(
+            spec.task_template.placement.unwrap().constraints,
+            vec!["node.role==worker", "node.labels.zone==a"]
+        );
         let ports = spec.endpoint_spec.unwrap().ports;
         assert_eq!(ports.len(), 2);
-        assert_eq!((ports[0].published_port, ports[0].target_port, ports[0].protocol), (8001, 80, PortProtocol::Tcp));
+        assert_eq!(
+            (
+                ports[0].published_port,
+                ports[0].target_port,
+                ports[0].protocol
+            ),
+            (8001, 80, PortProtocol::Tcp)
+        );
         assert_eq!(ports[1].protocol, PortProtocol::Udp);
         assert_eq!(ports_text(&ports), "8001:80/tcp, 53:53/udp");
 
-        let global = ServiceForm { image: "x".into(), mode: "global".into(), ..ServiceForm::default() }.to_spec().unwrap();
+        let global = ServiceForm {
+            image: "x".into(),
+            mode: "global".into(),
+            ..ServiceForm::default()
+        }
+        .to_spec()
+        .unwrap();
         assert_eq!(global.mode, ServiceMode::Global);
         assert!(global.endpoint_spec.is_none() && global.task_template.placement.is_none());
     }
 
     #[test]
     fn bad_input_is_named_in_the_error() {
-        let base = ServiceForm { image: "nginx".into(), ..ServiceForm::default() };
-        assert!(ServiceForm { image: String::new(), ..base.clone() }.to_spec().unwrap_err().to_string().contains("image is required"));
-        let e = ServiceForm { replicas: "two".into(), ..base.clone() }.to_spec().unwrap_err().to_string();
+        let base = ServiceForm {
+            image: "nginx".into(),
+            ..ServiceForm::default()
+        };
+        assert!(ServiceForm {
+            image: String::new(),
+            ..base.clone()
+        }
+        .to_spec()
+        .unwrap_err()
+        .to_string()
+        .contains("image is required"));
+        let e = ServiceForm {
+            replicas: "two".into(),
+            ..base.clone()
+        }
+        .to_spec()
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("\"two\""), "{e}");
-        let e = ServiceForm { ports: "80:http".into(), ..base.clone() }.to_spec().unwrap_err().to_string();
+        let e = ServiceForm {
+            ports: "80:http".into(),
+            ..base.clone()
+        }
+        .to_spec()
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("\"80:http\""), "{e}");
-        let e = ServiceForm { env: "NOVALUE".into(), ..base.clone() }.to_spec().unwrap_err().to_string();
+        let e = ServiceForm {
+            env: "NOVALUE".into(),
+            ..base.clone()
+        }
+        .to_spec()
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("NOVALUE"), "{e}");
         assert!(parse_ports("0").is_err());
         assert!(parse_ports("8080:80/sctpx").is_err());

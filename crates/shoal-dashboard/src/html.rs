@@ -27,18 +27,33 @@ pub fn seg(text: &str) -> String {
 
 /// The first 12 characters of an ID.
 pub fn short(id: &str) -> &str {
-    let end = id.char_indices().nth(12).map(|(i, _)| i).unwrap_or(id.len());
+    let end = id
+        .char_indices()
+        .nth(12)
+        .map(|(i, _)| i)
+        .unwrap_or(id.len());
     &id[..end]
 }
 
 /// A `<table>` with a caption, escaped header cells and rows of already-rendered cells.
-pub fn table(caption: &str, class: &str, headers: &[&str], rows: &[Vec<String>], empty: &str) -> String {
+pub fn table(
+    caption: &str,
+    class: &str,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    empty: &str,
+) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         let _ = write!(out, "<p class=\"empty\">{}</p>", esc(empty));
         return out;
     }
-    let _ = write!(out, "<div class=\"table-wrap\"><table class=\"{}\"><caption>{}</caption><thead><tr>", esc(class), esc(caption));
+    let _ = write!(
+        out,
+        "<div class=\"table-wrap\"><table class=\"{}\"><caption>{}</caption><thead><tr>",
+        esc(class),
+        esc(caption)
+    );
     for h in headers {
         let _ = write!(out, "<th scope=\"col\">{}</th>", esc(h));
     }
@@ -56,7 +71,10 @@ pub fn table(caption: &str, class: &str, headers: &[&str], rows: &[Vec<String>],
 
 /// A hidden CSRF field for a form.
 pub fn csrf_field(token: &str) -> String {
-    format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(token))
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        esc(token)
+    )
 }
 
 /// Bytes as `12.3 MB`.
@@ -96,7 +114,10 @@ mod tests {
 
     #[test]
     fn escapes_everything_that_matters() {
-        assert_eq!(esc(r#"<script>alert("x")</script>"#), "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;");
+        assert_eq!(
+            esc(r#"<script>alert("x")</script>"#),
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
+        );
         assert_eq!(esc("a & b's"), "a &amp; b&#39;s");
         assert_eq!(esc("plain-text_1.2"), "plain-text_1.2");
         assert_eq!(esc("ünïcødé"), "ünïcødé");
@@ -108,8 +129,15 @@ mod tests {
     #[test]
     fn tables_escape_headers_and_show_empty_text() {
         let t = table("Things", "t", &["<h>"], &[vec!["<b>ok</b>".into()]], "none");
-        assert!(t.contains("&lt;h&gt;") && t.contains("<td><b>ok</b></td>") && t.contains("<caption>Things</caption>"));
-        assert_eq!(table("x", "t", &["a"], &[], "nothing <here>"), "<p class=\"empty\">nothing &lt;here&gt;</p>");
+        assert!(
+            t.contains("&lt;h&gt;")
+                && t.contains("<td><b>ok</b></td>")
+                && t.contains("<caption>Things</caption>")
+        );
+        assert_eq!(
+            table("x", "t", &["a"], &[], "nothing <here>"),
+            "<p class=\"empty\">nothing &lt;here&gt;</p>"
+        );
     }
 
     #[test]

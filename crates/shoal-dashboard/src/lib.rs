@@ -41,7 +41,10 @@ pub enum DashboardError {
     #[error("invalid dashboard address {0:?}: use IP:PORT (e.g. 0.0.0.0:9000), :PORT, or \"off\"")]
     Address(String),
     #[error("listening on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The default `--dashboard-addr` (the tutorial's Portainer port).
@@ -54,9 +57,14 @@ pub fn parse_addr(text: &str) -> Result<Option<SocketAddr>, DashboardError> {
         return Ok(None);
     }
     if let Some(port) = t.strip_prefix(':') {
-        return port.parse::<u16>().map(|p| Some(SocketAddr::from(([0, 0, 0, 0], p)))).map_err(|_| DashboardError::Address(text.to_string()));
+        return port
+            .parse::<u16>()
+            .map(|p| Some(SocketAddr::from(([0, 0, 0, 0], p))))
+            .map_err(|_| DashboardError::Address(text.to_string()));
     }
-    t.parse::<SocketAddr>().map(Some).map_err(|_| DashboardError::Address(text.to_string()))
+    t.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| DashboardError::Address(text.to_string()))
 }
 
 /// Serves the dashboard on `addr` whenever this node is a manager: binds when it becomes one
@@ -126,8 +134,14 @@ mod tests {
 
     #[test]
     fn addresses_parse() {
-        assert_eq!(parse_addr("0.0.0.0:9000").unwrap(), Some("0.0.0.0:9000".parse().unwrap()));
-        assert_eq!(parse_addr(":9443").unwrap(), Some("0.0.0.0:9443".parse().unwrap()));
+        assert_eq!(
+            parse_addr("0.0.0.0:9000").unwrap(),
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_addr(":9443").unwrap(),
+            Some("0.0.0.0:9443".parse().unwrap())
+        );
         assert_eq!(parse_addr("off").unwrap(), None);
         assert_eq!(parse_addr("").unwrap(), None);
         let e = parse_addr("nine").unwrap_err().to_string();

@@ -7,7 +7,9 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 
-use shoal_types::{Network, Node, NodeAvailability, NodeRole, NodeState, Service, ServiceMode, Task, TaskState};
+use shoal_types::{
+    Network, Node, NodeAvailability, NodeRole, NodeState, Service, ServiceMode, Task, TaskState,
+};
 
 use crate::auth::Flash;
 use crate::feed::EventEntry;
@@ -33,7 +35,10 @@ impl Snapshot {
     }
 
     pub fn node_name(&self, id: &str) -> String {
-        self.node(id).map(|n| n.display_name().to_string()).filter(|n| !n.is_empty()).unwrap_or_else(|| short(id).to_string())
+        self.node(id)
+            .map(|n| n.display_name().to_string())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| short(id).to_string())
     }
 
     pub fn service(&self, id: &str) -> Option<&Service> {
@@ -42,7 +47,10 @@ impl Snapshot {
 
     /// A task's `service.slot` name (the service's current name when known).
     pub fn task_name(&self, t: &Task) -> String {
-        let service = self.service(&t.service_id).map(|s| s.spec.name.as_str()).unwrap_or_else(|| t.service_name());
+        let service = self
+            .service(&t.service_id)
+            .map(|s| s.spec.name.as_str())
+            .unwrap_or_else(|| t.service_name());
         shoal_types::task_display_name(service, t.slot, &t.node_id)
     }
 
@@ -53,7 +61,9 @@ impl Snapshot {
     }
 
     pub fn leader(&self) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.manager_status.as_ref().is_some_and(|m| m.leader))
+        self.nodes
+            .iter()
+            .find(|n| n.manager_status.as_ref().is_some_and(|m| m.leader))
     }
 }
 
@@ -109,10 +119,18 @@ fn head(title: &str) -> String {
 pub fn layout(ctx: &Ctx, page: &Page, path: &str) -> String {
     let mut out = head(&page.title);
     out.push_str("<body><a class=\"skip\" href=\"#main\">Skip to content</a><header class=\"top\"><a class=\"brand\" href=\"/\">shoal</a>");
-    let _ = write!(out, "<span class=\"host\">manager {}</span>", esc(&ctx.host));
+    let _ = write!(
+        out,
+        "<span class=\"host\">manager {}</span>",
+        esc(&ctx.host)
+    );
     out.push_str("<nav aria-label=\"Sections\"><ul>");
     for (key, href, label) in NAV {
-        let current = if key == page.nav { " aria-current=\"page\"" } else { "" };
+        let current = if key == page.nav {
+            " aria-current=\"page\""
+        } else {
+            ""
+        };
         let _ = write!(out, "<li><a href=\"{href}\"{current}>{label}</a></li>");
     }
     out.push_str("</ul></nav>");
@@ -121,16 +139,37 @@ pub fn layout(ctx: &Ctx, page: &Page, path: &str) -> String {
         "<form method=\"post\" action=\"/logout\" class=\"logout\">{}<button type=\"submit\">Log out</button></form></header>",
         csrf_field(&ctx.csrf)
     );
-    let _ = write!(out, "<main id=\"main\" tabindex=\"-1\"><h1>{}</h1>", esc(&page.title));
+    let _ = write!(
+        out,
+        "<main id=\"main\" tabindex=\"-1\"><h1>{}</h1>",
+        esc(&page.title)
+    );
     if let Some(f) = &ctx.flash {
-        let (class, role) = if f.error { ("flash error", "alert") } else { ("flash ok", "status") };
-        let _ = write!(out, "<p class=\"{class}\" role=\"{role}\">{}</p>", esc(&f.text));
+        let (class, role) = if f.error {
+            ("flash error", "alert")
+        } else {
+            ("flash ok", "status")
+        };
+        let _ = write!(
+            out,
+            "<p class=\"{class}\" role=\"{role}\">{}</p>",
+            esc(&f.text)
+        );
     }
     out.push_str(&page.before);
     let sep = if path.contains('?') { '&' } else { '?' };
-    let _ = write!(out, "<div class=\"live\" data-fragment=\"{}{sep}fragment=1\">{}</div>", esc(path), page.live);
+    let _ = write!(
+        out,
+        "<div class=\"live\" data-fragment=\"{}{sep}fragment=1\">{}</div>",
+        esc(path),
+        page.live
+    );
     out.push_str(&page.after);
-    let _ = write!(out, "<p class=\"conn\" id=\"conn\" role=\"status\" data-csrf=\"{}\"></p></main></body></html>", esc(&ctx.csrf));
+    let _ = write!(
+        out,
+        "<p class=\"conn\" id=\"conn\" role=\"status\" data-csrf=\"{}\"></p></main></body></html>",
+        esc(&ctx.csrf)
+    );
     out
 }
 
@@ -139,7 +178,11 @@ pub fn login(error: Option<&str>, next: &str) -> String {
     let mut out = head("Log in");
     out.push_str("<body class=\"login\"><main id=\"main\"><h1>shoal</h1><p>Log in with the dashboard credential. On a manager, <code>shoal dashboard credentials</code> prints it (as root).</p>");
     if let Some(e) = error {
-        let _ = write!(out, "<p class=\"flash error\" role=\"alert\" id=\"login-error\">{}</p>", esc(e));
+        let _ = write!(
+            out,
+            "<p class=\"flash error\" role=\"alert\" id=\"login-error\">{}</p>",
+            esc(e)
+        );
     }
     let _ = write!(
         out,
@@ -155,7 +198,9 @@ pub fn login(error: Option<&str>, next: &str) -> String {
 pub fn state_class(state: TaskState) -> &'static str {
     match state {
         TaskState::New | TaskState::Pending | TaskState::Assigned => "st-pending",
-        TaskState::Accepted | TaskState::Preparing | TaskState::Ready | TaskState::Starting => "st-starting",
+        TaskState::Accepted | TaskState::Preparing | TaskState::Ready | TaskState::Starting => {
+            "st-starting"
+        }
         TaskState::Running => "st-running",
         TaskState::Complete => "st-complete",
         TaskState::Failed | TaskState::Rejected | TaskState::Orphaned => "st-failed",
@@ -185,19 +230,46 @@ fn role_text(n: &Node) -> String {
 }
 
 fn ingress_addr(n: &Node) -> Option<&str> {
-    n.attachments.first().map(|a| a.addr.as_str()).filter(|a| !a.is_empty())
+    n.attachments
+        .first()
+        .map(|a| a.addr.as_str())
+        .filter(|a| !a.is_empty())
 }
 
 // ---- overview ----
 
 pub fn overview(s: &Snapshot, local: LocalCounts) -> Page {
-    let ready = s.nodes.iter().filter(|n| n.status.state == NodeState::Ready).count();
-    let managers = s.nodes.iter().filter(|n| n.manager_status.is_some()).count();
-    let running = s.tasks.iter().filter(|t| t.status.state == TaskState::Running).count();
-    let active = s.tasks.iter().filter(|t| t.desired_state <= TaskState::Running).count();
-    let leader = s.leader().map(|n| n.display_name().to_string()).unwrap_or_else(|| "none".into());
+    let ready = s
+        .nodes
+        .iter()
+        .filter(|n| n.status.state == NodeState::Ready)
+        .count();
+    let managers = s
+        .nodes
+        .iter()
+        .filter(|n| n.manager_status.is_some())
+        .count();
+    let running = s
+        .tasks
+        .iter()
+        .filter(|t| t.status.state == TaskState::Running)
+        .count();
+    let active = s
+        .tasks
+        .iter()
+        .filter(|t| t.desired_state <= TaskState::Running)
+        .count();
+    let leader = s
+        .leader()
+        .map(|n| n.display_name().to_string())
+        .unwrap_or_else(|| "none".into());
     let mut live = String::from("<div class=\"cards\">");
-    let card = |out: &mut String, id: &str, label: &str, value: String, detail: String, href: &str| {
+    let card = |out: &mut String,
+                id: &str,
+                label: &str,
+                value: String,
+                detail: String,
+                href: &str| {
         let _ = write!(
             out,
             "<a class=\"card\" id=\"card-{id}\" href=\"{href}\"><span class=\"label\">{}</span><span class=\"value\">{}</span><span class=\"detail\">{}</span></a>",
@@ -206,14 +278,70 @@ pub fn overview(s: &Snapshot, local: LocalCounts) -> Page {
             esc(&detail)
         );
     };
-    card(&mut live, "swarm", "Swarm", "active".into(), format!("cluster {}", short(&s.cluster_id)), "/visualizer");
-    card(&mut live, "leader", "Leader", leader, format!("{managers} manager(s)"), "/nodes");
-    card(&mut live, "nodes", "Nodes", s.nodes.len().to_string(), format!("{ready} ready"), "/nodes");
-    card(&mut live, "services", "Services", s.services.len().to_string(), String::new(), "/services");
-    card(&mut live, "tasks", "Tasks", running.to_string(), format!("running of {active} desired"), "/visualizer");
-    card(&mut live, "containers", "Containers", local.containers.to_string(), format!("{} running on this manager", local.running), "/containers");
-    card(&mut live, "images", "Images", local.images.to_string(), "on this manager".into(), "/images");
-    card(&mut live, "networks", "Networks", s.networks.len().to_string(), "swarm overlays".into(), "/networks");
+    card(
+        &mut live,
+        "swarm",
+        "Swarm",
+        "active".into(),
+        format!("cluster {}", short(&s.cluster_id)),
+        "/visualizer",
+    );
+    card(
+        &mut live,
+        "leader",
+        "Leader",
+        leader,
+        format!("{managers} manager(s)"),
+        "/nodes",
+    );
+    card(
+        &mut live,
+        "nodes",
+        "Nodes",
+        s.nodes.len().to_string(),
+        format!("{ready} ready"),
+        "/nodes",
+    );
+    card(
+        &mut live,
+        "services",
+        "Services",
+        s.services.len().to_string(),
+        String::new(),
+        "/services",
+    );
+    card(
+        &mut live,
+        "tasks",
+        "Tasks",
+        running.to_string(),
+        format!("running of {active} desired"),
+        "/visualizer",
+    );
+    card(
+        &mut live,
+        "containers",
+        "Containers",
+        local.containers.to_string(),
+        format!("{} running on this manager", local.running),
+        "/containers",
+    );
+    card(
+        &mut live,
+        "images",
+        "Images",
+        local.images.to_string(),
+        "on this manager".into(),
+        "/images",
+    );
+    card(
+        &mut live,
+        "networks",
+        "Networks",
+        s.networks.len().to_string(),
+        "swarm overlays".into(),
+        "/networks",
+    );
     live.push_str("</div>");
     let rows: Vec<Vec<String>> = s
         .services
@@ -221,15 +349,30 @@ pub fn overview(s: &Snapshot, local: LocalCounts) -> Page {
         .map(|svc| {
             let (r, d) = s.replicas(svc);
             vec![
-                format!("<a href=\"/services/{}\">{}</a>", seg(&svc.id), esc(&svc.spec.name)),
+                format!(
+                    "<a href=\"/services/{}\">{}</a>",
+                    seg(&svc.id),
+                    esc(&svc.spec.name)
+                ),
                 replicas_badge(r, d),
                 esc(&svc.spec.task_template.container_spec.image),
             ]
         })
         .collect();
     live.push_str("<h2>Services</h2>");
-    live.push_str(&table("Services and their replicas", "services", &["Service", "Replicas", "Image"], &rows, "No services yet."));
-    Page { title: "Overview".into(), nav: "overview", live, ..Page::default() }
+    live.push_str(&table(
+        "Services and their replicas",
+        "services",
+        &["Service", "Replicas", "Image"],
+        &rows,
+        "No services yet.",
+    ));
+    Page {
+        title: "Overview".into(),
+        nav: "overview",
+        live,
+        ..Page::default()
+    }
 }
 
 fn replicas_badge(running: u64, desired: u64) -> String {
@@ -245,14 +388,20 @@ fn visible(t: &Task) -> bool {
 }
 
 fn task_box(s: &Snapshot, t: &Task) -> String {
-    let service = s.service(&t.service_id).map(|x| x.spec.name.clone()).unwrap_or_default();
+    let service = s
+        .service(&t.service_id)
+        .map(|x| x.spec.name.clone())
+        .unwrap_or_default();
     let state = t.status.state.as_str();
     let moving = if t.desired_state > TaskState::Running && t.status.state <= TaskState::Running {
         format!(" → {}", t.desired_state.as_str())
     } else {
         String::new()
     };
-    let image = s.service(&t.service_id).map(|x| x.spec.task_template.container_spec.image.clone()).unwrap_or_default();
+    let image = s
+        .service(&t.service_id)
+        .map(|x| x.spec.task_template.container_spec.image.clone())
+        .unwrap_or_default();
     format!(
         "<li class=\"task {}\" data-state=\"{}\" data-service=\"{}\" data-task=\"{}\"><a href=\"/services/{}\">{}</a><span class=\"state\">{}{}</span><span class=\"image\">{}</span></li>",
         state_class(t.status.state),
@@ -272,10 +421,8 @@ pub fn visualizer(s: &Snapshot) -> Page {
     for t in s.tasks.iter().filter(|t| visible(t)) {
         by_node.entry(t.node_id.as_str()).or_default().push(t);
     }
-    let mut nodes: Vec<&Node> = s.nodes.iter().collect();
-    nodes.sort_by(|a, b| (a.manager_status.is_none(), a.display_name()).cmp(&(b.manager_status.is_none(), b.display_name())));
     let mut live = String::from("<div class=\"viz\">");
-    for n in nodes {
+    for n in sorted_nodes(s) {
         let mut tasks = by_node.remove(n.id.as_str()).unwrap_or_default();
         tasks.sort_by_key(|t| (s.task_name(t), t.id.clone()));
         let name = n.display_name();
@@ -297,7 +444,11 @@ pub fn visualizer(s: &Snapshot) -> Page {
         if let Some(addr) = ingress_addr(n) {
             let _ = write!(live, "<dt>Mesh</dt><dd class=\"mesh\">{}</dd>", esc(addr));
         }
-        let _ = write!(live, "</dl></header><ul class=\"tasks\" aria-label=\"tasks on {}\">", esc(name));
+        let _ = write!(
+            live,
+            "</dl></header><ul class=\"tasks\" aria-label=\"tasks on {}\">",
+            esc(name)
+        );
         for t in &tasks {
             live.push_str(&task_box(s, t));
         }
@@ -321,15 +472,33 @@ pub fn visualizer(s: &Snapshot) -> Page {
          <span class=\"task st-running\">running</span><span class=\"task st-complete\">complete</span><span class=\"task st-shutdown\">shutdown</span>\
          <span class=\"task st-failed\">failed</span></p>",
     );
-    Page { title: "Cluster visualizer".into(), nav: "visualizer", before, live, ..Page::default() }
+    Page {
+        title: "Cluster visualizer".into(),
+        nav: "visualizer",
+        before,
+        live,
+        ..Page::default()
+    }
 }
 
 // ---- nodes ----
 
+/// Managers first, then by name.
+fn sorted_nodes(s: &Snapshot) -> Vec<&Node> {
+    let mut nodes: Vec<&Node> = s.nodes.iter().collect();
+    nodes.sort_by(|a, b| {
+        (a.manager_status.is_none(), a.display_name(), &a.id).cmp(&(
+            b.manager_status.is_none(),
+            b.display_name(),
+            &b.id,
+        ))
+    });
+    nodes
+}
+
 pub fn nodes(s: &Snapshot, csrf: &str) -> Page {
-    let rows: Vec<Vec<String>> = s
-        .nodes
-        .iter()
+    let rows: Vec<Vec<String>> = sorted_nodes(s)
+        .into_iter()
         .map(|n| {
             let name = n.display_name();
             let mut avail = format!(
@@ -377,8 +546,27 @@ pub fn nodes(s: &Snapshot, csrf: &str) -> Page {
             ]
         })
         .collect();
-    let live = table("Nodes of the swarm", "nodes", &["Node", "Role", "Availability", "Status", "Address", "Engine", "Labels"], &rows, "No nodes.");
-    Page { title: "Nodes".into(), nav: "nodes", live, ..Page::default() }
+    let live = table(
+        "Nodes of the swarm",
+        "nodes",
+        &[
+            "Node",
+            "Role",
+            "Availability",
+            "Status",
+            "Address",
+            "Engine",
+            "Labels",
+        ],
+        &rows,
+        "No nodes.",
+    );
+    Page {
+        title: "Nodes".into(),
+        nav: "nodes",
+        live,
+        ..Page::default()
+    }
 }
 
 // ---- services ----
@@ -411,25 +599,53 @@ pub fn services(s: &Snapshot, csrf: &str) -> Page {
             ]
         })
         .collect();
-    let live = table("Services", "services", &["Name", "Mode", "Replicas", "Image", "Ports", "Scale"], &rows, "No services yet.");
-    let before = "<p><a class=\"button\" href=\"/services/new\" id=\"new-service\">Create a service</a></p>".to_string();
-    Page { title: "Services".into(), nav: "services", before, live, ..Page::default() }
+    let live = table(
+        "Services",
+        "services",
+        &["Name", "Mode", "Replicas", "Image", "Ports", "Scale"],
+        &rows,
+        "No services yet.",
+    );
+    let before =
+        "<p><a class=\"button\" href=\"/services/new\" id=\"new-service\">Create a service</a></p>"
+            .to_string();
+    Page {
+        title: "Services".into(),
+        nav: "services",
+        before,
+        live,
+        ..Page::default()
+    }
 }
 
 /// The "create a service" form, filled with `form` and showing `error` if any.
 pub fn new_service(csrf: &str, form: &ServiceForm, error: Option<&str>) -> Page {
     let mut before = String::new();
     if let Some(e) = error {
-        let _ = write!(before, "<p class=\"flash error\" role=\"alert\" id=\"form-error\">{}</p>", esc(e));
+        let _ = write!(
+            before,
+            "<p class=\"flash error\" role=\"alert\" id=\"form-error\">{}</p>",
+            esc(e)
+        );
     }
     let field = |id: &str, label: &str, input: String, hint: &str| {
         format!(
             "<div class=\"field\"><label for=\"{id}\">{}</label>{input}{}</div>",
             esc(label),
-            if hint.is_empty() { String::new() } else { format!("<small id=\"{id}-hint\">{}</small>", esc(hint)) }
+            if hint.is_empty() {
+                String::new()
+            } else {
+                format!("<small id=\"{id}-hint\">{}</small>", esc(hint))
+            }
         )
     };
-    let mode_sel = |m: &str| if form.mode == m || (m == "replicated" && form.mode.is_empty()) { " selected" } else { "" };
+    let mode_sel = |m: &str| {
+        if form.mode == m || (m == "replicated" && form.mode.is_empty()) {
+            " selected"
+        } else {
+            ""
+        }
+    };
     let _ = write!(
         before,
         "<form method=\"post\" action=\"/services\" class=\"stack\" id=\"create-service\">{}{}{}{}{}{}{}{}<button type=\"submit\">Create service</button></form>",
@@ -452,14 +668,25 @@ pub fn new_service(csrf: &str, form: &ServiceForm, error: Option<&str>) -> Page 
         field("constraints", "Placement constraints", format!("<textarea id=\"constraints\" name=\"constraints\" rows=\"2\" placeholder=\"node.role==worker\">{}</textarea>", esc(&form.constraints)), "one per line"),
         field("env", "Environment", format!("<textarea id=\"env\" name=\"env\" rows=\"3\" placeholder=\"KEY=value\">{}</textarea>", esc(&form.env)), "KEY=value, one per line"),
     );
-    Page { title: "Create a service".into(), nav: "services", before, ..Page::default() }
+    Page {
+        title: "Create a service".into(),
+        nav: "services",
+        before,
+        ..Page::default()
+    }
 }
 
 /// One service: its spec, actions, tasks (live) and live logs.
 pub fn service(s: &Snapshot, svc: &Service, csrf: &str) -> Page {
     let (running, desired) = s.replicas(svc);
     let image = &svc.spec.task_template.container_spec.image;
-    let constraints = svc.spec.task_template.placement.as_ref().map(|p| p.constraints.join(", ")).unwrap_or_default();
+    let constraints = svc
+        .spec
+        .task_template
+        .placement
+        .as_ref()
+        .map(|p| p.constraints.join(", "))
+        .unwrap_or_default();
     let mut live = String::new();
     let _ = write!(
         live,
@@ -483,21 +710,41 @@ pub fn service(s: &Snapshot, svc: &Service, csrf: &str) -> Page {
     }
     live.push_str("</dl><h2>Tasks</h2>");
     let mut tasks: Vec<&Task> = s.tasks.iter().filter(|t| t.service_id == svc.id).collect();
-    tasks.sort_by(|a, b| (a.slot, std::cmp::Reverse(a.meta.created_at)).cmp(&(b.slot, std::cmp::Reverse(b.meta.created_at))));
+    tasks.sort_by(|a, b| {
+        (a.slot, std::cmp::Reverse(a.meta.created_at))
+            .cmp(&(b.slot, std::cmp::Reverse(b.meta.created_at)))
+    });
     let rows: Vec<Vec<String>> = tasks
         .iter()
         .map(|t| {
-            let err = if t.status.err.is_empty() { String::new() } else { format!("<span class=\"err\">{}</span>", esc(&t.status.err)) };
-            let container = t.status.container_status.as_ref().map(|c| c.container_id.clone()).unwrap_or_default();
+            let err = if t.status.err.is_empty() {
+                String::new()
+            } else {
+                format!("<span class=\"err\">{}</span>", esc(&t.status.err))
+            };
+            let container = t
+                .status
+                .container_status
+                .as_ref()
+                .map(|c| c.container_id.clone())
+                .unwrap_or_default();
             let container_link = if container.is_empty() {
                 String::new()
             } else if t.node_id == s.this_node {
-                format!("<a href=\"/containers/{}\"><code>{}</code></a>", seg(&container), esc(short(&container)))
+                format!(
+                    "<a href=\"/containers/{}\"><code>{}</code></a>",
+                    seg(&container),
+                    esc(short(&container))
+                )
             } else {
                 format!("<code>{}</code>", esc(short(&container)))
             };
             vec![
-                format!("{}<br><code>{}</code>", esc(&s.task_name(t)), esc(short(&t.id))),
+                format!(
+                    "{}<br><code>{}</code>",
+                    esc(&s.task_name(t)),
+                    esc(short(&t.id))
+                ),
                 esc(&s.node_name(&t.node_id)),
                 esc(t.desired_state.as_str()),
                 format!(
@@ -506,12 +753,33 @@ pub fn service(s: &Snapshot, svc: &Service, csrf: &str) -> Page {
                     esc(t.status.state.as_str()),
                     esc(&ago(t.status.timestamp, s.now))
                 ),
-                format!("{}{}", esc(&t.status.message), if err.is_empty() { String::new() } else { format!("<br>{err}") }),
+                format!(
+                    "{}{}",
+                    esc(&t.status.message),
+                    if err.is_empty() {
+                        String::new()
+                    } else {
+                        format!("<br>{err}")
+                    }
+                ),
                 container_link,
             ]
         })
         .collect();
-    live.push_str(&table("Tasks of the service", "tasks", &["Task", "Node", "Desired", "State", "Message / error", "Container"], &rows, "No tasks."));
+    live.push_str(&table(
+        "Tasks of the service",
+        "tasks",
+        &[
+            "Task",
+            "Node",
+            "Desired",
+            "State",
+            "Message / error",
+            "Container",
+        ],
+        &rows,
+        "No tasks.",
+    ));
 
     let id = seg(&svc.id);
     let mut after = String::from("<h2>Actions</h2><div class=\"actions\">");
@@ -549,7 +817,13 @@ pub fn service(s: &Snapshot, svc: &Service, csrf: &str) -> Page {
          <pre class=\"logs\" tabindex=\"0\" aria-label=\"logs of {}\" data-logs=\"/services/{id}/logs\"></pre>",
         esc(&svc.spec.name)
     );
-    Page { title: format!("Service {}", svc.spec.name), nav: "services", live, after, ..Page::default() }
+    Page {
+        title: format!("Service {}", svc.spec.name),
+        nav: "services",
+        live,
+        after,
+        ..Page::default()
+    }
 }
 
 // ---- containers ----
@@ -562,20 +836,53 @@ pub fn containers(s: &Snapshot, local: &[shoal_engine::ContainerRecord]) -> Page
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
-            let task = c.config.labels.get("com.docker.swarm.task.name").cloned().unwrap_or_default();
+            let task = c
+                .config
+                .labels
+                .get("com.docker.swarm.task.name")
+                .cloned()
+                .unwrap_or_default();
             vec![
-                format!("<a href=\"/containers/{}\">{}</a><br><code>{}</code>", seg(&c.id), esc(c.name.trim_start_matches('/')), esc(c.short_id())),
+                format!(
+                    "<a href=\"/containers/{}\">{}</a><br><code>{}</code>",
+                    seg(&c.id),
+                    esc(c.name.trim_start_matches('/')),
+                    esc(c.short_id())
+                ),
                 esc(&c.config.image_ref),
-                format!("<span class=\"badge {}\">{}</span>", if c.state.status.as_str() == "running" { "ok" } else { "muted" }, esc(c.state.status.as_str())),
+                format!(
+                    "<span class=\"badge {}\">{}</span>",
+                    if c.state.status.as_str() == "running" {
+                        "ok"
+                    } else {
+                        "muted"
+                    },
+                    esc(c.state.status.as_str())
+                ),
                 esc(&task),
                 esc(&ago(c.created, s.now)),
             ]
         })
         .collect();
-    live.push_str(&table("Containers on this manager", "containers", &["Container", "Image", "State", "Task", "Created"], &rows, "No containers on this manager."));
+    live.push_str(&table(
+        "Containers on this manager",
+        "containers",
+        &["Container", "Image", "State", "Task", "Created"],
+        &rows,
+        "No containers on this manager.",
+    ));
     let mut by_node: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
-    for t in s.tasks.iter().filter(|t| t.node_id != s.this_node && !t.node_id.is_empty()) {
-        if t.status.container_status.as_ref().is_some_and(|c| !c.container_id.is_empty()) && t.status.state <= TaskState::Running {
+    for t in s
+        .tasks
+        .iter()
+        .filter(|t| t.node_id != s.this_node && !t.node_id.is_empty())
+    {
+        if t.status
+            .container_status
+            .as_ref()
+            .is_some_and(|c| !c.container_id.is_empty())
+            && t.status.state <= TaskState::Running
+        {
             by_node.entry(s.node_name(&t.node_id)).or_default().push(t);
         }
     }
@@ -587,18 +894,45 @@ pub fn containers(s: &Snapshot, local: &[shoal_engine::ContainerRecord]) -> Page
         let rows: Vec<Vec<String>> = tasks
             .iter()
             .map(|t| {
-                let cid = t.status.container_status.as_ref().map(|c| c.container_id.clone()).unwrap_or_default();
+                let cid = t
+                    .status
+                    .container_status
+                    .as_ref()
+                    .map(|c| c.container_id.clone())
+                    .unwrap_or_default();
                 vec![
-                    format!("{}<br><code>{}</code>", esc(&s.task_container_name(t)), esc(short(&cid))),
-                    esc(&s.service(&t.service_id).map(|x| x.spec.task_template.container_spec.image.clone()).unwrap_or_default()),
-                    format!("<span class=\"task-state {}\">{}</span>", state_class(t.status.state), esc(t.status.state.as_str())),
+                    format!(
+                        "{}<br><code>{}</code>",
+                        esc(&s.task_container_name(t)),
+                        esc(short(&cid))
+                    ),
+                    esc(&s
+                        .service(&t.service_id)
+                        .map(|x| x.spec.task_template.container_spec.image.clone())
+                        .unwrap_or_default()),
+                    format!(
+                        "<span class=\"task-state {}\">{}</span>",
+                        state_class(t.status.state),
+                        esc(t.status.state.as_str())
+                    ),
                 ]
             })
             .collect();
         let _ = write!(live, "<h3>{}</h3>", esc(&node));
-        live.push_str(&table(&format!("Task containers on {node}"), "containers", &["Container", "Image", "State"], &rows, ""));
+        live.push_str(&table(
+            &format!("Task containers on {node}"),
+            "containers",
+            &["Container", "Image", "State"],
+            &rows,
+            "",
+        ));
     }
-    Page { title: "Containers".into(), nav: "containers", live, ..Page::default() }
+    Page {
+        title: "Containers".into(),
+        nav: "containers",
+        live,
+        ..Page::default()
+    }
 }
 
 impl Snapshot {
@@ -625,16 +959,34 @@ pub fn container(c: &shoal_engine::ContainerRecord, now: DateTime<Utc>) -> Page 
         seg(&c.id),
         esc(&json)
     );
-    Page { title: format!("Container {name}"), nav: "containers", live, after, ..Page::default() }
+    Page {
+        title: format!("Container {name}"),
+        nav: "containers",
+        live,
+        after,
+        ..Page::default()
+    }
 }
 
 // ---- images, networks, events, settings ----
 
-pub fn images(list: &[shoal_image::ImageRecord], in_use: &HashMap<String, usize>, now: DateTime<Utc>) -> Page {
+pub fn images(
+    list: &[shoal_image::ImageRecord],
+    in_use: &HashMap<String, usize>,
+    now: DateTime<Utc>,
+) -> Page {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|i| {
-            let tags = if i.repo_tags.is_empty() { "&lt;none&gt;".to_string() } else { i.repo_tags.iter().map(|t| esc(t)).collect::<Vec<_>>().join("<br>") };
+            let tags = if i.repo_tags.is_empty() {
+                "&lt;none&gt;".to_string()
+            } else {
+                i.repo_tags
+                    .iter()
+                    .map(|t| esc(t))
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            };
             let id = i.id.trim_start_matches("sha256:");
             vec![
                 tags,
@@ -645,9 +997,21 @@ pub fn images(list: &[shoal_image::ImageRecord], in_use: &HashMap<String, usize>
             ]
         })
         .collect();
-    let live = table("Images on this manager", "images", &["Tags", "ID", "Size", "Created", "Containers"], &rows, "No images on this manager.");
+    let live = table(
+        "Images on this manager",
+        "images",
+        &["Tags", "ID", "Size", "Created", "Containers"],
+        &rows,
+        "No images on this manager.",
+    );
     let before = "<p class=\"note\">Images on this manager. Every node keeps its own images; a service's image is pulled where its tasks run.</p>".to_string();
-    Page { title: "Images".into(), nav: "images", before, live, ..Page::default() }
+    Page {
+        title: "Images".into(),
+        nav: "images",
+        before,
+        live,
+        ..Page::default()
+    }
 }
 
 pub fn networks(s: &Snapshot) -> Page {
@@ -655,17 +1019,46 @@ pub fn networks(s: &Snapshot) -> Page {
         .networks
         .iter()
         .map(|n| {
-            let subnet = n.ipam_options.as_ref().and_then(|i| i.configs.first()).map(|c| c.subnet.clone()).unwrap_or_default();
-            let vni = n.driver_state.options.get(shoal_types::VXLAN_ID_OPTION).cloned().unwrap_or_default();
+            let subnet = n
+                .ipam_options
+                .as_ref()
+                .and_then(|i| i.configs.first())
+                .map(|c| c.subnet.clone())
+                .unwrap_or_default();
+            let vni = n
+                .driver_state
+                .options
+                .get(shoal_types::VXLAN_ID_OPTION)
+                .cloned()
+                .unwrap_or_default();
             let users = s
                 .services
                 .iter()
-                .filter(|svc| svc.endpoint.virtual_ips.iter().any(|v| v.network_id == n.id) || svc.spec.task_template.networks.iter().any(|a| a.target == n.id))
+                .filter(|svc| {
+                    svc.endpoint
+                        .virtual_ips
+                        .iter()
+                        .any(|v| v.network_id == n.id)
+                        || svc
+                            .spec
+                            .task_template
+                            .networks
+                            .iter()
+                            .any(|a| a.target == n.id)
+                })
                 .map(|svc| esc(&svc.spec.name))
                 .collect::<Vec<_>>()
                 .join(", ");
             vec![
-                format!("{}{}", esc(&n.spec.name), if n.spec.ingress { " <span class=\"badge muted\">ingress</span>" } else { "" }),
+                format!(
+                    "{}{}",
+                    esc(&n.spec.name),
+                    if n.spec.ingress {
+                        " <span class=\"badge muted\">ingress</span>"
+                    } else {
+                        ""
+                    }
+                ),
                 format!("<code>{}</code>", esc(short(&n.id))),
                 esc(&n.driver_state.name),
                 esc(&subnet),
@@ -674,15 +1067,34 @@ pub fn networks(s: &Snapshot) -> Page {
             ]
         })
         .collect();
-    let mut live = table("Swarm networks", "networks", &["Name", "ID", "Driver", "Subnet", "VXLAN ID", "Services"], &rows, "No swarm networks.");
+    let mut live = table(
+        "Swarm networks",
+        "networks",
+        &["Name", "ID", "Driver", "Subnet", "VXLAN ID", "Services"],
+        &rows,
+        "No swarm networks.",
+    );
     let mesh: Vec<Vec<String>> = s
         .nodes
         .iter()
-        .filter_map(|n| ingress_addr(n).map(|a| vec![esc(n.display_name()), esc(&n.status.addr), esc(a)]))
+        .filter_map(|n| {
+            ingress_addr(n).map(|a| vec![esc(n.display_name()), esc(&n.status.addr), esc(a)])
+        })
         .collect();
     live.push_str("<h2>Routing mesh</h2>");
-    live.push_str(&table("Each node's address on the ingress network", "mesh", &["Node", "Address", "Ingress address"], &mesh, "The routing mesh has no node addresses yet."));
-    Page { title: "Networks".into(), nav: "networks", live, ..Page::default() }
+    live.push_str(&table(
+        "Each node's address on the ingress network",
+        "mesh",
+        &["Node", "Address", "Ingress address"],
+        &mesh,
+        "The routing mesh has no node addresses yet.",
+    ));
+    Page {
+        title: "Networks".into(),
+        nav: "networks",
+        live,
+        ..Page::default()
+    }
 }
 
 pub fn events(list: &[EventEntry], now: DateTime<Utc>) -> Page {
@@ -703,13 +1115,23 @@ pub fn events(list: &[EventEntry], now: DateTime<Utc>) -> Page {
         live = "<p class=\"empty\">No events since this dashboard started.</p>".into();
     }
     let before = "<p class=\"note\">Changes to the cluster since this dashboard started on this manager, newest first.</p>".to_string();
-    Page { title: "Events".into(), nav: "events", before, live, ..Page::default() }
+    Page {
+        title: "Events".into(),
+        nav: "events",
+        before,
+        live,
+        ..Page::default()
+    }
 }
 
 pub fn settings(csrf: &str, error: Option<&str>) -> Page {
     let mut before = String::new();
     if let Some(e) = error {
-        let _ = write!(before, "<p class=\"flash error\" role=\"alert\">{}</p>", esc(e));
+        let _ = write!(
+            before,
+            "<p class=\"flash error\" role=\"alert\">{}</p>",
+            esc(e)
+        );
     }
     let _ = write!(
         before,
@@ -722,40 +1144,86 @@ pub fn settings(csrf: &str, error: Option<&str>) -> Page {
         shoal_swarm::dashboard::MIN_CREDENTIAL_LEN,
         csrf_field(csrf)
     );
-    Page { title: "Settings".into(), nav: "settings", before, ..Page::default() }
+    Page {
+        title: "Settings".into(),
+        nav: "settings",
+        before,
+        ..Page::default()
+    }
 }
 
 /// A page for an error (not found, not available).
 pub fn error_page(title: &str, message: &str) -> Page {
-    Page { title: title.into(), nav: "", before: format!("<p class=\"flash error\" role=\"alert\">{}</p>", esc(message)), ..Page::default() }
+    Page {
+        title: title.into(),
+        nav: "",
+        before: format!(
+            "<p class=\"flash error\" role=\"alert\">{}</p>",
+            esc(message)
+        ),
+        ..Page::default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_types::{ContainerStatus, ManagerStatus, NodeSpec, NodeStatus, Reachability, ServiceSpec, TaskStatus};
+    use shoal_types::{
+        ContainerStatus, ManagerStatus, NodeSpec, NodeStatus, Reachability, ServiceSpec, TaskStatus,
+    };
 
     fn node(id: &str, name: &str, manager: bool, availability: NodeAvailability) -> Node {
         let mut n = Node {
             id: id.into(),
-            spec: NodeSpec { availability, role: if manager { NodeRole::Manager } else { NodeRole::Worker }, ..NodeSpec::default() },
-            status: NodeStatus { state: NodeState::Ready, message: String::new(), addr: format!("10.9.0.{}", id.len()) },
+            spec: NodeSpec {
+                availability,
+                role: if manager {
+                    NodeRole::Manager
+                } else {
+                    NodeRole::Worker
+                },
+                ..NodeSpec::default()
+            },
+            status: NodeStatus {
+                state: NodeState::Ready,
+                message: String::new(),
+                addr: format!("10.9.0.{}", id.len()),
+            },
             ..Node::default()
         };
         n.description.hostname = name.into();
         if manager {
-            n.manager_status = Some(ManagerStatus { leader: true, reachability: Reachability::Reachable, addr: "10.9.0.1:2377".into() });
+            n.manager_status = Some(ManagerStatus {
+                leader: true,
+                reachability: Reachability::Reachable,
+                addr: "10.9.0.1:2377".into(),
+            });
         }
         n
     }
 
     fn make_service(id: &str, name: &str, replicas: u64) -> Service {
-        let mut spec = ServiceSpec { name: name.into(), mode: ServiceMode::Replicated { replicas }, ..ServiceSpec::default() };
+        let mut spec = ServiceSpec {
+            name: name.into(),
+            mode: ServiceMode::Replicated { replicas },
+            ..ServiceSpec::default()
+        };
         spec.task_template.container_spec.image = "nginx:<1>".into();
-        Service { id: id.into(), spec, ..Service::default() }
+        Service {
+            id: id.into(),
+            spec,
+            ..Service::default()
+        }
     }
 
-    fn task(id: &str, service: &str, slot: u64, node: &str, state: TaskState, desired: TaskState) -> Task {
+    fn task(
+        id: &str,
+        service: &str,
+        slot: u64,
+        node: &str,
+        state: TaskState,
+        desired: TaskState,
+    ) -> Task {
         Task {
             id: id.into(),
             service_id: service.into(),
@@ -764,8 +1232,15 @@ mod tests {
             desired_state: desired,
             status: TaskStatus {
                 state,
-                err: if state == TaskState::Failed { "exit <1>".into() } else { String::new() },
-                container_status: Some(ContainerStatus { container_id: format!("c{id}0123456789"), ..ContainerStatus::default() }),
+                err: if state == TaskState::Failed {
+                    "exit <1>".into()
+                } else {
+                    String::new()
+                },
+                container_status: Some(ContainerStatus {
+                    container_id: format!("c{id}0123456789"),
+                    ..ContainerStatus::default()
+                }),
                 ..TaskStatus::default()
             },
             ..Task::default()
@@ -787,7 +1262,14 @@ mod tests {
                 task("t1", "s1", 1, "n1", TaskState::Running, TaskState::Running),
                 task("t2", "s1", 2, "n22", TaskState::Running, TaskState::Running),
                 task("t3", "s2", 1, "n22", TaskState::Failed, TaskState::Shutdown),
-                task("t4", "s2", 1, "n333", TaskState::Shutdown, TaskState::Shutdown),
+                task(
+                    "t4",
+                    "s2",
+                    1,
+                    "n333",
+                    TaskState::Shutdown,
+                    TaskState::Shutdown,
+                ),
                 task("t5", "s2", 1, "", TaskState::Pending, TaskState::Running),
             ],
             networks: Vec::new(),
@@ -796,12 +1278,32 @@ mod tests {
 
     #[test]
     fn overview_counts_the_cluster() {
-        let p = overview(&snapshot(), LocalCounts { containers: 4, running: 3, images: 2 });
+        let p = overview(
+            &snapshot(),
+            LocalCounts {
+                containers: 4,
+                running: 3,
+                images: 2,
+            },
+        );
         assert!(p.live.contains("id=\"card-nodes\""));
-        assert!(p.live.contains("<span class=\"value\">3</span><span class=\"detail\">3 ready</span>"), "{}", p.live);
+        assert!(
+            p.live
+                .contains("<span class=\"value\">3</span><span class=\"detail\">3 ready</span>"),
+            "{}",
+            p.live
+        );
         assert!(p.live.contains("manager-1"), "the leader is named");
-        assert!(p.live.contains("<span class=\"value\">2</span><span class=\"detail\">running of 3 desired</span>"), "{}", p.live);
-        assert!(p.live.contains("4</span><span class=\"detail\">3 running on this manager"));
+        assert!(
+            p.live.contains(
+                "<span class=\"value\">2</span><span class=\"detail\">running of 3 desired</span>"
+            ),
+            "{}",
+            p.live
+        );
+        assert!(p
+            .live
+            .contains("4</span><span class=\"detail\">3 running on this manager"));
         assert!(p.live.contains("nginx:&lt;1&gt;"), "escaped image");
     }
 
@@ -809,11 +1311,24 @@ mod tests {
     fn visualizer_has_a_column_per_node_and_a_box_per_live_task() {
         let s = snapshot();
         let p = visualizer(&s);
-        assert_eq!(p.live.matches("class=\"node-col").count(), 4, "three nodes and the not-placed column");
-        assert!(p.live.contains("data-node=\"worker-&lt;2&gt;\""), "names are escaped");
+        assert_eq!(
+            p.live.matches("class=\"node-col").count(),
+            4,
+            "three nodes and the not-placed column"
+        );
+        assert!(
+            p.live.contains("data-node=\"worker-&lt;2&gt;\""),
+            "names are escaped"
+        );
         assert_eq!(p.live.matches("data-state=\"running\"").count(), 2);
-        assert!(p.live.contains("data-state=\"pending\""), "the unplaced task shows");
-        assert!(!p.live.contains("data-task=\"t3\"") && !p.live.contains("data-task=\"t4\""), "finished tasks are not shown");
+        assert!(
+            p.live.contains("data-state=\"pending\""),
+            "the unplaced task shows"
+        );
+        assert!(
+            !p.live.contains("data-task=\"t3\"") && !p.live.contains("data-task=\"t4\""),
+            "finished tasks are not shown"
+        );
         assert!(p.live.contains("avail-drain"));
         assert!(p.live.contains("<dd class=\"availability\">drain</dd>"));
         assert!(p.live.contains("manager (leader)"));
@@ -824,7 +1339,13 @@ mod tests {
     #[test]
     fn nodes_page_offers_availability_labels_and_roles() {
         let p = nodes(&snapshot(), "CSRF<tok>");
-        assert_eq!(p.live.matches("name=\"csrf\" value=\"CSRF&lt;tok&gt;\"").count(), 9, "three forms per node carry the token");
+        assert_eq!(
+            p.live
+                .matches("name=\"csrf\" value=\"CSRF&lt;tok&gt;\"")
+                .count(),
+            9,
+            "three forms per node carry the token"
+        );
         assert!(p.live.contains("value=\"drain\" aria-pressed=\"true\""));
         assert!(p.live.contains(">Promote</button>") && p.live.contains(">Demote</button>"));
         assert!(p.live.contains("action=\"/nodes/n22/availability\""));
@@ -837,7 +1358,9 @@ mod tests {
         assert!(p.live.contains("action=\"/services/s1/scale\""));
         assert!(p.live.contains("id=\"scale-s1\""), "{}", p.live);
         assert!(!p.live.contains("{2}"));
-        assert!(p.live.contains("name=\"replicas\" type=\"number\" min=\"0\" max=\"100000\" value=\"2\""));
+        assert!(p
+            .live
+            .contains("name=\"replicas\" type=\"number\" min=\"0\" max=\"100000\" value=\"2\""));
         assert!(p.live.contains("2/2"), "web runs 2 of 2: {}", p.live);
         assert!(p.live.contains("0/1"), "db runs 0 of 1");
     }
@@ -847,20 +1370,38 @@ mod tests {
         let s = snapshot();
         let db = s.services[1].clone();
         let p = service(&s, &db, "tok");
-        assert!(p.live.contains("exit &lt;1&gt;"), "task errors show, escaped");
+        assert!(
+            p.live.contains("exit &lt;1&gt;"),
+            "task errors show, escaped"
+        );
         assert!(p.after.contains("/services/s2/image") && p.after.contains("/services/s2/remove"));
-        assert!(!p.after.contains("rollback"), "no previous spec, no rollback");
+        assert!(
+            !p.after.contains("rollback"),
+            "no previous spec, no rollback"
+        );
         assert!(p.after.contains("data-logs=\"/services/s2/logs\""));
         let mut updated = db.clone();
         updated.previous_spec = Some(db.spec.clone());
-        assert!(service(&s, &updated, "tok").after.contains("/services/s2/rollback"));
+        assert!(service(&s, &updated, "tok")
+            .after
+            .contains("/services/s2/rollback"));
         let web = service(&s, &s.services[0], "tok");
-        assert!(web.live.contains("href=\"/containers/ct10123456789\""), "local containers link to their page: {}", web.live);
+        assert!(
+            web.live.contains("href=\"/containers/ct10123456789\""),
+            "local containers link to their page: {}",
+            web.live
+        );
     }
 
     #[test]
     fn create_form_keeps_values_and_shows_errors() {
-        let form = ServiceForm { name: "w\"x".into(), image: "nginx".into(), replicas: "3".into(), env: "A=<b>".into(), ..ServiceForm::default() };
+        let form = ServiceForm {
+            name: "w\"x".into(),
+            image: "nginx".into(),
+            replicas: "3".into(),
+            env: "A=<b>".into(),
+            ..ServiceForm::default()
+        };
         let p = new_service("tok", &form, Some("bad <thing>"));
         assert!(p.before.contains("bad &lt;thing&gt;"));
         assert!(p.before.contains("value=\"w&quot;x\""));
@@ -879,17 +1420,30 @@ mod tests {
         let n = networks(&s);
         assert!(n.live.contains("No swarm networks."));
         let e = events(
-            &[EventEntry { time: s.now, kind: "service", text: "service <web> created".into() }],
+            &[EventEntry {
+                time: s.now,
+                kind: "service",
+                text: "service <web> created".into(),
+            }],
             s.now,
         );
         assert!(e.live.contains("service &lt;web&gt; created"));
         let st = settings("tok", Some("wrong"));
-        assert!(st.before.contains("name=\"current\"") && st.before.contains("role=\"alert\">wrong"));
+        assert!(
+            st.before.contains("name=\"current\"") && st.before.contains("role=\"alert\">wrong")
+        );
     }
 
     #[test]
     fn layout_marks_the_current_section_and_carries_the_fragment_url() {
-        let ctx = Ctx { csrf: "tok".into(), flash: Some(Flash { error: true, text: "<oops>".into() }), host: "m<1>".into() };
+        let ctx = Ctx {
+            csrf: "tok".into(),
+            flash: Some(Flash {
+                error: true,
+                text: "<oops>".into(),
+            }),
+            host: "m<1>".into(),
+        };
         let page = visualizer(&snapshot());
         let html = layout(&ctx, &page, "/visualizer");
         assert!(html.starts_with("<!doctype html>"));
@@ -898,7 +1452,10 @@ mod tests {
         assert!(html.contains("role=\"alert\">&lt;oops&gt;</p>"));
         assert!(html.contains("manager m&lt;1&gt;"));
         assert!(html.contains("name=\"viewport\""));
-        assert!(!html.contains("<script>"), "no inline script (the CSP forbids it)");
+        assert!(
+            !html.contains("<script>"),
+            "no inline script (the CSP forbids it)"
+        );
         let l = login(Some("wrong credential"), "/x\"y");
         assert!(l.contains("id=\"login-error\"") && l.contains("value=\"/x&quot;y\""));
     }

@@ -50,7 +50,13 @@ pub(crate) struct App {
 
 impl App {
     pub(crate) fn new(swarm: Swarm, stop: watch::Receiver<bool>) -> App {
-        App { swarm, sessions: Sessions::default(), throttle: Throttle::default(), hub: Arc::new(Hub::default()), stop }
+        App {
+            swarm,
+            sessions: Sessions::default(),
+            throttle: Throttle::default(),
+            hub: Arc::new(Hub::default()),
+            stop,
+        }
     }
 
     fn snapshot(&self) -> Result<Snapshot, SwarmError> {
@@ -127,16 +133,26 @@ fn redirect(location: &str) -> Resp {
 }
 
 fn event_stream(rx: mpsc::Receiver<Bytes>) -> Resp {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
     let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream.boxed())));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    resp.headers_mut().insert("X-Accel-Buffering", HeaderValue::from_static("no"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut()
+        .insert("X-Accel-Buffering", HeaderValue::from_static("no"));
     resp
 }
 
 /// A local path to go back to: `/…` but not `//…` (another host).
 fn safe_local(path: &str) -> Option<&str> {
-    (path.starts_with('/') && !path.starts_with("//") && !path.starts_with("/\\") && !path.contains(['\r', '\n'])).then_some(path)
+    (path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.starts_with("/\\")
+        && !path.contains(['\r', '\n']))
+    .then_some(path)
 }
 
 fn with_security_headers(mut resp: Resp) -> Resp {
@@ -179,7 +195,10 @@ impl Req {
     fn back(&self, default: &str) -> String {
         let host = self.header(hyper::header::HOST).unwrap_or_default();
         self.header(hyper::header::REFERER)
-            .and_then(|r| r.strip_prefix("http://").or_else(|| r.strip_prefix("https://")))
+            .and_then(|r| {
+                r.strip_prefix("http://")
+                    .or_else(|| r.strip_prefix("https://"))
+            })
             .and_then(|r| r.strip_prefix(host))
             .and_then(safe_local)
             .unwrap_or(default)
@@ -188,7 +207,10 @@ impl Req {
 }
 
 fn parse_query(q: Option<&str>) -> HashMap<String, String> {
-    Form::parse(q.unwrap_or_default().as_bytes()).0.into_iter().collect()
+    Form::parse(q.unwrap_or_default().as_bytes())
+        .0
+        .into_iter()
+        .collect()
 }
 
 async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
@@ -199,9 +221,20 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Res
         .trim_start_matches('/')
         .trim_end_matches('/')
         .split('/')
-        .map(|s| urlencoding::decode(s).map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string()))
+        .map(|s| {
+            urlencoding::decode(s)
+                .map(|c| c.into_owned())
+                .unwrap_or_else(|_| s.to_string())
+        })
         .collect();
-    let r = Req { method: parts.method, query: parse_query(parts.uri.query()), path, segs, headers: parts.headers, peer };
+    let r = Req {
+        method: parts.method,
+        query: parse_query(parts.uri.query()),
+        path,
+        segs,
+        headers: parts.headers,
+        peer,
+    };
     let resp = with_security_headers(route(app, &r, body).await);
     debug!(method = %r.method, path = %r.path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "dashboard request");
     resp
@@ -210,20 +243,30 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Res
 async fn route(app: &Arc<App>, r: &Req, body: Incoming) -> Resp {
     let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
     match (&r.method, segs.as_slice()) {
-        (&Method::GET | &Method::HEAD, ["static", "dashboard.css"]) => return asset("text/css; charset=utf-8", CSS),
-        (&Method::GET | &Method::HEAD, ["static", "dashboard.js"]) => return asset("text/javascript; charset=utf-8", JS),
+        (&Method::GET | &Method::HEAD, ["static", "dashboard.css"]) => {
+            return asset("text/css; charset=utf-8", CSS)
+        }
+        (&Method::GET | &Method::HEAD, ["static", "dashboard.js"]) => {
+            return asset("text/javascript; charset=utf-8", JS)
+        }
         (&Method::GET, ["login"]) => {
             if current_session(app, r).is_some() {
                 return redirect("/");
             }
-            let next = r.query.get("next").and_then(|n| safe_local(n)).unwrap_or("/");
+            let next = r
+                .query
+                .get("next")
+                .and_then(|n| safe_local(n))
+                .unwrap_or("/");
             return html(StatusCode::OK, pages::login(None, next));
         }
         (&Method::POST, ["login"]) => return login(app, r, body).await,
         _ => {}
     }
     let Some(session) = current_session(app, r) else {
-        let wants_page = r.method == Method::GET && !r.fragment() && !segs.last().is_some_and(|s| *s == "logs" || *s == "live");
+        let wants_page = r.method == Method::GET
+            && !r.fragment()
+            && !segs.last().is_some_and(|s| *s == "logs" || *s == "live");
         if wants_page {
             return redirect(&format!("/login?next={}", urlencoding::encode(&r.path)));
         }
@@ -235,7 +278,11 @@ async fn route(app: &Arc<App>, r: &Req, body: Incoming) -> Resp {
     if r.method != Method::GET && r.method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
-    let ctx = |host: String| Ctx { csrf: session.csrf.clone(), flash: session.flash.clone(), host };
+    let ctx = |host: String| Ctx {
+        csrf: session.csrf.clone(),
+        flash: session.flash.clone(),
+        host,
+    };
     // Event streams first: they need no snapshot.
     match segs.as_slice() {
         ["live"] => return live(app, &session),
@@ -245,7 +292,14 @@ async fn route(app: &Arc<App>, r: &Req, body: Incoming) -> Resp {
     }
     let snap = match app.snapshot() {
         Ok(s) => s,
-        Err(e) => return render(&ctx(String::new()), r, pages::error_page("Not available", &e.to_string()), StatusCode::SERVICE_UNAVAILABLE),
+        Err(e) => {
+            return render(
+                &ctx(String::new()),
+                r,
+                pages::error_page("Not available", &e.to_string()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+        }
     };
     let host = snap.node_name(&snap.this_node);
     let ctx = ctx(host);
@@ -254,15 +308,36 @@ async fn route(app: &Arc<App>, r: &Req, body: Incoming) -> Resp {
         ["visualizer"] => pages::visualizer(&snap),
         ["nodes"] => pages::nodes(&snap, &session.csrf),
         ["services"] => pages::services(&snap, &session.csrf),
-        ["services", "new"] => pages::new_service(&session.csrf, &ServiceForm { replicas: "1".into(), ..ServiceForm::default() }, None),
+        ["services", "new"] => pages::new_service(
+            &session.csrf,
+            &ServiceForm {
+                replicas: "1".into(),
+                ..ServiceForm::default()
+            },
+            None,
+        ),
         ["services", id] => match app.swarm.find_service(id) {
             Ok(svc) => pages::service(&snap, &svc, &session.csrf),
-            Err(e) => return render(&ctx, r, pages::error_page("Service not found", &e.to_string()), StatusCode::NOT_FOUND),
+            Err(e) => {
+                return render(
+                    &ctx,
+                    r,
+                    pages::error_page("Service not found", &e.to_string()),
+                    StatusCode::NOT_FOUND,
+                )
+            }
         },
         ["containers"] => pages::containers(&snap, &app.swarm.engine().list()),
         ["containers", id] => match app.swarm.engine().inspect(id) {
             Ok(c) => pages::container(&c, snap.now),
-            Err(e) => return render(&ctx, r, pages::error_page("Container not found", &e.to_string()), StatusCode::NOT_FOUND),
+            Err(e) => {
+                return render(
+                    &ctx,
+                    r,
+                    pages::error_page("Container not found", &e.to_string()),
+                    StatusCode::NOT_FOUND,
+                )
+            }
         },
         ["images"] => {
             let mut in_use: HashMap<String, usize> = HashMap::new();
@@ -274,14 +349,22 @@ async fn route(app: &Arc<App>, r: &Req, body: Incoming) -> Resp {
         ["networks"] => pages::networks(&snap),
         ["events"] => pages::events(&app.hub.events(), snap.now),
         ["settings"] => pages::settings(&session.csrf, None),
-        _ => return render(&ctx, r, pages::error_page("Not found", &format!("there is no page {}", r.path)), StatusCode::NOT_FOUND),
+        _ => {
+            return render(
+                &ctx,
+                r,
+                pages::error_page("Not found", &format!("there is no page {}", r.path)),
+                StatusCode::NOT_FOUND,
+            )
+        }
     };
     render(&ctx, r, page, StatusCode::OK)
 }
 
 fn asset(content_type: &str, body: &'static str) -> Resp {
     let mut resp = full(StatusCode::OK, content_type, body);
-    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
@@ -294,7 +377,11 @@ fn render(ctx: &Ctx, r: &Req, page: Page, status: StatusCode) -> Resp {
 
 fn local_counts(swarm: &Swarm) -> LocalCounts {
     let c = swarm.engine().counts();
-    LocalCounts { containers: c.containers as usize, running: c.running as usize, images: c.images as usize }
+    LocalCounts {
+        containers: c.containers as usize,
+        running: c.running as usize,
+        images: c.images as usize,
+    }
 }
 
 fn current_session(app: &App, r: &Req) -> Option<SessionView> {
@@ -309,7 +396,8 @@ fn same_origin(r: &Req) -> bool {
         None => true,
         Some(origin) => {
             let host = r.header(hyper::header::HOST).unwrap_or_default();
-            !host.is_empty() && (origin == format!("http://{host}") || origin == format!("https://{host}"))
+            !host.is_empty()
+                && (origin == format!("http://{host}") || origin == format!("https://{host}"))
         }
     }
 }
@@ -317,7 +405,10 @@ fn same_origin(r: &Req) -> bool {
 async fn read_form(body: Incoming) -> Result<Form, Resp> {
     match http_body_util::Limited::new(body, MAX_FORM).collect().await {
         Ok(c) => Ok(Form::parse(&c.to_bytes())),
-        Err(e) => Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("reading the form: {e}"))),
+        Err(e) => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("reading the form: {e}"),
+        )),
     }
 }
 
@@ -335,14 +426,26 @@ async fn login(app: &App, r: &Req, body: Incoming) -> Resp {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let ok = match app.swarm.check_dashboard_credential(form.get("credential")).await {
+    let ok = match app
+        .swarm
+        .check_dashboard_credential(form.get("credential"))
+        .await
+    {
         Ok(ok) => ok,
-        Err(e) => return html(StatusCode::SERVICE_UNAVAILABLE, pages::login(Some(&e.to_string()), &next)),
+        Err(e) => {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::login(Some(&e.to_string()), &next),
+            )
+        }
     };
     if !ok {
         app.throttle.failed(ip);
         warn!(client = %ip, "dashboard login refused: wrong credential");
-        return html(StatusCode::UNAUTHORIZED, pages::login(Some("Wrong credential."), &next));
+        return html(
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("Wrong credential."), &next),
+        );
     }
     app.throttle.succeeded(ip);
     let token = app.sessions.create();
@@ -366,11 +469,17 @@ async fn post(app: &App, r: &Req, body: Incoming, session: &SessionView) -> Resp
     };
     if !app.sessions.check_csrf(&session.token, form.get("csrf")) {
         warn!(client = %r.peer.ip(), path = %r.path, "dashboard form refused: missing or wrong CSRF token");
-        return text(StatusCode::FORBIDDEN, "this form has expired; reload the page and try again");
+        return text(
+            StatusCode::FORBIDDEN,
+            "this form has expired; reload the page and try again",
+        );
     }
     let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
     let swarm = &app.swarm;
-    let flash = |error: bool, text: String| app.sessions.set_flash(&session.token, Flash { error, text });
+    let flash = |error: bool, text: String| {
+        app.sessions
+            .set_flash(&session.token, Flash { error, text })
+    };
     let done = |result: Result<String, String>, back: String| {
         match result {
             Ok(msg) => flash(false, msg),
@@ -395,22 +504,43 @@ async fn post(app: &App, r: &Req, body: Incoming, session: &SessionView) -> Resp
             };
             match result {
                 Ok(id) => {
-                    let name = swarm.find_service(&id).map(|s| s.spec.name).unwrap_or_else(|_| id.clone());
+                    let name = swarm
+                        .find_service(&id)
+                        .map(|s| s.spec.name)
+                        .unwrap_or_else(|_| id.clone());
                     info!(service = %name, "service created from the dashboard");
                     flash(false, format!("Service {name} created."));
                     redirect(&format!("/services/{}", urlencoding::encode(&id)))
                 }
                 Err(e) => {
-                    let host = swarm.find_node("self").map(|n| n.display_name().to_string()).unwrap_or_default();
-                    let ctx = Ctx { csrf: session.csrf.clone(), flash: None, host };
-                    html(StatusCode::BAD_REQUEST, pages::layout(&ctx, &pages::new_service(&session.csrf, &sf, Some(&e)), "/services/new"))
+                    let host = swarm
+                        .find_node("self")
+                        .map(|n| n.display_name().to_string())
+                        .unwrap_or_default();
+                    let ctx = Ctx {
+                        csrf: session.csrf.clone(),
+                        flash: None,
+                        host,
+                    };
+                    html(
+                        StatusCode::BAD_REQUEST,
+                        pages::layout(
+                            &ctx,
+                            &pages::new_service(&session.csrf, &sf, Some(&e)),
+                            "/services/new",
+                        ),
+                    )
                 }
             }
         }
         ["services", id, action] => {
             let back = r.back(&format!("/services/{}", urlencoding::encode(id)));
             let result = service_action(swarm, id, action, &form).await;
-            let back = if *action == "remove" && result.is_ok() { "/services".to_string() } else { back };
+            let back = if *action == "remove" && result.is_ok() {
+                "/services".to_string()
+            } else {
+                back
+            };
             done(result, back)
         }
         ["nodes", id, action] => {
@@ -418,11 +548,14 @@ async fn post(app: &App, r: &Req, body: Incoming, session: &SessionView) -> Resp
             done(result, r.back("/nodes"))
         }
         ["settings", "credential"] => {
-            let (current, new, confirm) = (form.get("current"), form.get("new"), form.get("confirm"));
+            let (current, new, confirm) =
+                (form.get("current"), form.get("new"), form.get("confirm"));
             let error = match swarm.check_dashboard_credential(current).await {
                 Ok(false) => Some("The current credential is wrong.".to_string()),
                 Err(e) => Some(e.to_string()),
-                Ok(true) if new != confirm => Some("The new credential and its confirmation differ.".to_string()),
+                Ok(true) if new != confirm => {
+                    Some("The new credential and its confirmation differ.".to_string())
+                }
                 Ok(true) => match swarm.set_dashboard_credential(new).await {
                     Ok(()) => None,
                     Err(e) => Some(e.to_string()),
@@ -432,7 +565,11 @@ async fn post(app: &App, r: &Req, body: Incoming, session: &SessionView) -> Resp
                 None => {
                     app.sessions.remove_others(&session.token);
                     info!("dashboard credential changed from the dashboard");
-                    flash(false, "The dashboard credential was changed; other sessions were logged out.".into());
+                    flash(
+                        false,
+                        "The dashboard credential was changed; other sessions were logged out."
+                            .into(),
+                    );
                     redirect("/settings")
                 }
                 Some(e) => {
@@ -445,7 +582,12 @@ async fn post(app: &App, r: &Req, body: Incoming, session: &SessionView) -> Resp
     }
 }
 
-async fn service_action(swarm: &Swarm, id: &str, action: &str, form: &Form) -> Result<String, String> {
+async fn service_action(
+    swarm: &Swarm,
+    id: &str,
+    action: &str,
+    form: &Form,
+) -> Result<String, String> {
     let svc = swarm.find_service(id).map_err(|e| e.to_string())?;
     let name = svc.spec.name.clone();
     let version = svc.meta.version.index;
@@ -455,9 +597,17 @@ async fn service_action(swarm: &Swarm, id: &str, action: &str, form: &Form) -> R
             let mut spec = svc.spec.clone();
             match &mut spec.mode {
                 ServiceMode::Replicated { replicas } => *replicas = n,
-                _ => return Err(format!("scale can only be used with replicated mode; {name} is {}", svc.spec.mode.name())),
+                _ => {
+                    return Err(format!(
+                        "scale can only be used with replicated mode; {name} is {}",
+                        svc.spec.mode.name()
+                    ))
+                }
             }
-            swarm.update_service(&svc.id, version, spec, false).await.map(|()| format!("Service {name} scaled to {n}."))
+            swarm
+                .update_service(&svc.id, version, spec, false)
+                .await
+                .map(|()| format!("Service {name} scaled to {n}."))
         }
         "image" => {
             let image = form.get("image").trim();
@@ -466,10 +616,19 @@ async fn service_action(swarm: &Swarm, id: &str, action: &str, form: &Form) -> R
             }
             let mut spec = svc.spec.clone();
             spec.task_template.container_spec.image = image.to_string();
-            swarm.update_service(&svc.id, version, spec, false).await.map(|()| format!("Service {name} is updating to {image}."))
+            swarm
+                .update_service(&svc.id, version, spec, false)
+                .await
+                .map(|()| format!("Service {name} is updating to {image}."))
         }
-        "rollback" => swarm.update_service(&svc.id, version, svc.spec.clone(), true).await.map(|()| format!("Service {name} is rolling back.")),
-        "remove" => swarm.remove_service(&svc.id).await.map(|()| format!("Service {name} removed.")),
+        "rollback" => swarm
+            .update_service(&svc.id, version, svc.spec.clone(), true)
+            .await
+            .map(|()| format!("Service {name} is rolling back.")),
+        "remove" => swarm
+            .remove_service(&svc.id)
+            .await
+            .map(|()| format!("Service {name} removed.")),
         other => return Err(format!("unknown service action {other:?}")),
     };
     info!(service = %name, action, ok = r.is_ok(), "service action from the dashboard");
@@ -483,8 +642,10 @@ async fn node_action(swarm: &Swarm, id: &str, action: &str, form: &Form) -> Resu
     let msg = match action {
         "availability" => {
             let a = form.get("availability");
-            spec.availability = a.parse::<NodeAvailability>().map_err(|_| format!("invalid availability {a:?}: use active, pause or drain"))?;
-            format!("Node {name} is now {a}.")
+            spec.availability = a
+                .parse::<NodeAvailability>()
+                .map_err(|_| format!("invalid availability {a:?}: use active, pause or drain"))?;
+            format!("Node {name}: availability set to {a}.")
         }
         "labels" => {
             spec.labels = parse_labels(form.get("labels")).map_err(|e| e.to_string())?;
@@ -492,12 +653,16 @@ async fn node_action(swarm: &Swarm, id: &str, action: &str, form: &Form) -> Resu
         }
         "role" => {
             let role = form.get("role");
-            spec.role = role.parse::<NodeRole>().map_err(|_| format!("invalid role {role:?}: use worker or manager"))?;
+            spec.role = role
+                .parse::<NodeRole>()
+                .map_err(|_| format!("invalid role {role:?}: use worker or manager"))?;
             format!("Node {name} is becoming a {role}.")
         }
         other => return Err(format!("unknown node action {other:?}")),
     };
-    let r = swarm.update_node(&node.id, node.meta.version.index, spec).await;
+    let r = swarm
+        .update_node(&node.id, node.meta.version.index, spec)
+        .await;
     info!(node = %name, action, ok = r.is_ok(), "node action from the dashboard");
     r.map(|()| msg).map_err(|e| e.to_string())
 }
@@ -524,7 +689,11 @@ fn live(app: &Arc<App>, session: &SessionView) -> Resp {
     let token = session.token.clone();
     let app = app.clone();
     tokio::spawn(async move {
-        if tx.send(Bytes::from_static(b"retry: 2000\n: connected\n\n")).await.is_err() {
+        if tx
+            .send(Bytes::from_static(b"retry: 2000\n: connected\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         generation.borrow_and_update();
@@ -560,7 +729,13 @@ async fn service_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
         Ok(s) => s,
         Err(e) => return text(StatusCode::NOT_FOUND, &e.to_string()),
     };
-    let opts = shoal_swarm::LogOptions { stdout: true, stderr: true, follow: true, tail: Some(200), since: None };
+    let opts = shoal_swarm::LogOptions {
+        stdout: true,
+        stderr: true,
+        follow: true,
+        tail: Some(200),
+        since: None,
+    };
     let mut lines = match app.swarm.logs(Some(svc.clone()), None, opts).await {
         Ok(l) => l,
         Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -570,7 +745,9 @@ async fn service_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let mut names: HashMap<String, String> = HashMap::new();
-        let _ = tx.send(Bytes::from_static(b"retry: 3000\n: connected\n\n")).await;
+        let _ = tx
+            .send(Bytes::from_static(b"retry: 3000\n: connected\n\n"))
+            .await;
         loop {
             tokio::select! {
                 line = lines.recv() => {
@@ -595,7 +772,14 @@ async fn service_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
 
 async fn container_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
     let engine = app.swarm.engine();
-    let opts = shoal_engine::LogOptions { stdout: true, stderr: true, follow: true, tail: Some(200), since: None, until: None };
+    let opts = shoal_engine::LogOptions {
+        stdout: true,
+        stderr: true,
+        follow: true,
+        tail: Some(200),
+        since: None,
+        until: None,
+    };
     let mut records = match engine.logs(id, opts).await {
         Ok((_tty, r)) => r,
         Err(e) => return text(StatusCode::NOT_FOUND, &e.to_string()),
@@ -603,7 +787,9 @@ async fn container_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
     let mut stop = app.stop.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        let _ = tx.send(Bytes::from_static(b"retry: 3000\n: connected\n\n")).await;
+        let _ = tx
+            .send(Bytes::from_static(b"retry: 3000\n: connected\n\n"))
+            .await;
         loop {
             tokio::select! {
                 rec = records.recv() => {
@@ -636,6 +822,9 @@ mod tests {
     #[test]
     fn sse_frames_split_lines() {
         assert_eq!(&sse("update", "7")[..], b"event: update\ndata: 7\n\n");
-        assert_eq!(&sse("line", "a\nb")[..], b"event: line\ndata: a\ndata: b\n\n");
+        assert_eq!(
+            &sse("line", "a\nb")[..],
+            b"event: line\ndata: a\ndata: b\n\n"
+        );
     }
 }

@@ -53,11 +53,34 @@ fn driver_http(netns: &Netns, method: &str, path: &str, body: Option<&Value>) ->
                 payload.len()
             );
             s.write_all(req.as_bytes()).map_err(|e| format!("sending to chromedriver: {e}"))?;
+            // chromedriver keeps connections open: read the head, then Content-Length bytes
+            // (or chunks up to the last one).
             let mut raw = Vec::new();
-            s.read_to_end(&mut raw).map_err(|e| format!("reading from chromedriver: {e}"))?;
-            let text = String::from_utf8_lossy(&raw);
-            let (head, rest) = text.split_once("\r\n\r\n").ok_or("chromedriver sent no HTTP answer")?;
-            let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+            let mut buf = [0u8; 16384];
+            let (head, body) = loop {
+                let n = s.read(&mut buf).map_err(|e| format!("reading from chromedriver: {e}"))?;
+                if n == 0 {
+                    return Err("chromedriver closed the connection early".into());
+                }
+                raw.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                let Some((head, rest)) = text.split_once("\r\n\r\n") else { continue };
+                let lower = head.to_ascii_lowercase();
+                let length = lower
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                match length {
+                    Some(len) if rest.len() >= len => break (head.to_string(), rest[..len].to_string()),
+                    Some(_) => continue,
+                    None if lower.contains("transfer-encoding: chunked") => {
+                        if rest.ends_with("0\r\n\r\n") {
+                            break (head.to_string(), dechunk(rest));
+                        }
+                    }
+                    None => {}
+                }
+            };
             let v: Value = serde_json::from_str(&body).map_err(|e| format!("chromedriver answer is not JSON ({e}): {body:.200}"))?;
             let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
             if status != 200 {
@@ -165,9 +188,21 @@ impl Browser {
 
     /// Real keystrokes into the element (cleared first).
     fn type_into(&self, css: &str, text: &str) {
-        let el = self.find(css);
-        self.call("POST", &format!("/element/{el}/clear"), Some(json!({}))).unwrap_or_else(|e| panic!("clearing {css}: {e}"));
-        self.call("POST", &format!("/element/{el}/value"), Some(json!({"text": text}))).unwrap_or_else(|e| panic!("typing into {css}: {e}"));
+        let mut last = String::new();
+        for _ in 0..5 {
+            let el = self.find(css);
+            let typed = self
+                .call("POST", &format!("/element/{el}/clear"), Some(json!({})))
+                .and_then(|_| self.call("POST", &format!("/element/{el}/value"), Some(json!({"text": text}))));
+            match typed {
+                Ok(_) => return,
+                // The live region was replaced under us: find the new element.
+                Err(e) if e.contains("stale element") => last = e,
+                Err(e) => panic!("typing into {css}: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("typing into {css}: {last}");
     }
 
     /// A real click (retried if the live region replaced the element meanwhile).
@@ -376,7 +411,7 @@ fn dashboard_in_chromium_on_a_three_node_lab() {
     assert!(running_boxes(&browser, "web", Some(&ids[drained])) > 0, "worker {drained} runs a web task");
     browser.goto(&format!("{base}/nodes"));
     browser.click(&format!("form[action=\"/nodes/{}/availability\"] button[value=drain]", ids[drained]));
-    browser.wait_for("the drain confirmation", Duration::from_secs(30), |b| b.text("main .flash").contains("is now drain"));
+    browser.wait_for("the drain confirmation", Duration::from_secs(30), |b| b.text("main .flash").contains("availability set to drain"));
     browser.screenshot("06-nodes-drained");
     browser.goto(&format!("{base}/visualizer"));
     browser.wait_for("the drained node's boxes on the others", Duration::from_secs(60), |b| {
@@ -404,6 +439,18 @@ fn dashboard_in_chromium_on_a_three_node_lab() {
     assert_eq!(overflow, json!(true), "no sideways scrolling at phone width");
     browser.screenshot("08-visualizer-phone");
     browser.phone(false);
+
+    // A service's tasks and live logs; a container's logs and inspect.
+    let web_id = nodes[0].docker_ok(["service", "inspect", "web", "--format", "{{.ID}}"]).trim().to_string();
+    browser.goto(&format!("{base}/services/{web_id}"));
+    browser.wait_for("the service's tasks", Duration::from_secs(10), |b| b.count("table.tasks tbody tr") >= 5);
+    browser.wait_for("the service's logs", Duration::from_secs(30), |b| b.text("pre.logs").contains("whoami: listening"));
+    browser.screenshot("11-service-tasks-and-logs");
+    browser.goto(&format!("{base}/containers"));
+    browser.click("table.containers a[href^=\"/containers/\"]");
+    browser.wait_for("a container's page", Duration::from_secs(10), |b| b.text("main h1").starts_with("Container "));
+    browser.wait_for("the container's logs", Duration::from_secs(30), |b| b.text("pre.logs").contains("whoami: listening"));
+    assert!(browser.text("pre.inspect").contains("com.docker.swarm.task.id"), "inspect shows the record");
 
     // The other pages answer after login.
     for page in ["/", "/nodes", "/services", "/containers", "/images", "/networks", "/events", "/settings"] {
