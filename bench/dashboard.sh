@@ -22,9 +22,12 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   (cd "$ROOT" && cargo build --release -p shoal >&2)
 fi
 IMGDIR=$TARGET/test-images/v1/images
-if [ ! -f "$IMGDIR/whoami/docker-archive.tar" ]; then
+# whoami's image dir is named after a hash of its binary (whoami-<hash>)
+WHOAMI=$(ls -d "$IMGDIR"/whoami-*/docker-archive.tar 2>/dev/null | head -1 || true)
+if [ -z "$WHOAMI" ]; then
   log "building test images"
   (cd "$ROOT" && cargo test -p shoal-testkit --test testkit images_and_archives >&2)
+  WHOAMI=$(ls -d "$IMGDIR"/whoami-*/docker-archive.tar | head -1)
 fi
 
 W=$(mktemp -d /tmp/dsh.XXXXXX)
@@ -49,7 +52,7 @@ sdk() { local n=$1; shift; docker -H "unix:///run/shoal-lab/$LAB/$n/docker.sock"
 log "shoal lab up --name $LAB --managers 1 --workers 2 --subnet $NET3.0/24"
 LAB_UP=1
 "$SHOAL" lab up --name "$LAB" --managers 1 --workers 2 --subnet "$NET3.0/24" >"$W/lab-up.txt"
-for n in mgr1 wrk1 wrk2; do sdk "$n" load -i "$IMGDIR/whoami/docker-archive.tar" >/dev/null; done
+for n in mgr1 wrk1 wrk2; do sdk "$n" load -i "$WHOAMI" >/dev/null; done
 sdk mgr1 service create -q --name web --replicas 6 --publish 8080:80 whoami >/dev/null
 CRED=$("$SHOAL" dashboard credentials -H "unix:///run/shoal-lab/$LAB/mgr1/docker.sock")
 BASE=http://$NET3.1:9000

@@ -10,6 +10,7 @@
   helper.py pids ENGINE WORKDIR                            -> the matching pids (for cleanup)
   helper.py summary WORKDIR OUTDIR                         -> prints the table, writes latest.md/json
 """
+import glob
 import json
 import os
 import statistics
@@ -137,10 +138,18 @@ def cmd_summary(workdir, outdir):
                 "before": before, "after": after,
             }
         http = {}
+        rounds = {}
         for k in ("client_direct", "client_published", "local_direct", "local_published"):
-            http[k] = wrk_rps(f"{workdir}/res/{e}-wrk-{k}.txt")
-        http["ratio_client"] = ratio(http["client_published"], http["client_direct"])
-        http["ratio_local"] = ratio(http["local_published"], http["local_direct"])
+            vals = [v for v in (wrk_rps(p) for p in sorted(glob.glob(f"{workdir}/res/{e}-wrk-{k}-*.txt"))) if v is not None]
+            rounds[k] = vals
+            http[k] = statistics.median(vals) if vals else None
+        http["rounds"] = rounds
+        # Ratios per round (published and direct measured back to back), then their median.
+        def ratio_median(pub, direct):
+            rs = [p / d for p, d in zip(rounds[pub], rounds[direct]) if d]
+            return statistics.median(rs) if rs else None
+        http["ratio_client"] = ratio_median("client_published", "client_direct")
+        http["ratio_local"] = ratio_median("local_published", "local_direct")
         r["http"] = http
         err = f"{workdir}/res/{e}-error.txt"
         if os.path.exists(err):
@@ -178,7 +187,7 @@ def cmd_summary(workdir, outdir):
         row("per-container RSS (daemon+shims)", mib(g(s, "per_container", "rss_kb")), mib(g(d, "per_container", "rss_kb")), " MiB", 2),
         row("per-container PSS (daemon+shims)", mib(g(s, "per_container", "pss_kb")), mib(g(d, "per_container", "pss_kb")), " MiB", 2),
         "",
-        "| HTTP (wrk -t2 -c50 -d10s, nginx) | shoal req/s | docker req/s |",
+        "| HTTP (wrk -t2 -c50 -d10s, nginx; median of the rounds, ratios per round then median) | shoal req/s | docker req/s |",
         "|---|---|---|",
     ]
     for k, label in (("client_direct", "client netns → container-IP:80 (direct)"),

@@ -4,16 +4,20 @@
 # `shoal lab` (1 manager + 1 worker); Docker Swarm (dockerd 20.10) on the same layout unless
 # SKIP_DOCKER is set. Run as root from anywhere:
 #   sudo bench/mesh.sh
-# Env: RUNS (5) WRK_DURATION (10s) LAT_DURATION (5s) WRK_THREADS (2) WRK_CONNS (32)
+# Env: RUNS (8) WRK_DURATION (5s) LAT_DURATION (3s) WRK_THREADS (2) WRK_CONNS (32)
+#      NICE (-10: nice of wrk, the task's processes and its shim; 0 = leave them alone)
 #      SKIP_DOCKER=1 SKIP_BUILD=1 OUT_DIR=DIR (default bench/results) KEEP_LOGS=DIR (daemon logs)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 . "$HERE/common.sh"            # log, kill_wait, cg_dirs
 . "$HERE/docker_swarm_lab.sh"  # dsl_* (the Docker side)
-RUNS=${RUNS:-5}
-WRK_DURATION=${WRK_DURATION:-10s}
-LAT_DURATION=${LAT_DURATION:-5s}
+RUNS=${RUNS:-8}
+WRK_DURATION=${WRK_DURATION:-5s}
+LAT_DURATION=${LAT_DURATION:-3s}
+# Other users' compile jobs (nice 0) on this 2-CPU machine make req/s swing by ±30 % from one run to
+# the next; at nice -10 the measured processes get most of the CPU when they want it.
+export MESH_NICE=${NICE:--10}
 TPUT_ARGS="-t${WRK_THREADS:-2} -c${WRK_CONNS:-32} -d$WRK_DURATION"
 LAT_ARGS="-t1 -c1 -d$LAT_DURATION"
 CLI=/usr/local/bin/docker
@@ -95,6 +99,19 @@ bench_case() { # engine case target...
   log "$e, $c: wrk $LAT_ARGS ($RUNS runs per target)"
   $MH bench "$W/res/$e-$c-lat.json" "$RUNS" "$LAT_ARGS" "$W/report.lua" "$@" || echo "[$e] some $c runs failed" >&2
 }
+# renice the task's processes (the container's init = nginx master, its children) and its shim
+# (the container's parent), after checking that the shim belongs to this run (its command line
+# names MARK: the lab's or the Docker side's directory)
+boost_task() { # engine pid-of-container-init mark
+  local e=$1 pid=$2 mark=$3 shim pids
+  [ "$MESH_NICE" = 0 ] && return 0
+  shim=$(ps -o ppid= -p "$pid" | tr -d ' ')
+  tr '\0' ' ' <"/proc/$shim/cmdline" 2>/dev/null | grep -qF -- "$mark" || { echo "task's parent $shim is not ours: not reniced" >>"$W/res/$e-notes.txt"; return 0; }
+  pids="$pid $(pgrep -P "$pid" | tr '\n' ' ')$shim"
+  # shellcheck disable=SC2086
+  renice -n "$MESH_NICE" -p $pids >/dev/null
+  echo "nice $MESH_NICE for wrk and the task's processes: $(ps -o comm= -p "${pids// /,}" | tr '\n' ' ')(pids $pids)" >>"$W/res/$e-notes.txt"
+}
 path_note() { # engine netns dst: the route (device, MTU) the client takes to dst
   local dev mtu
   dev=$(nsenter "--net=$2" -- ip -o route get "$3" | sed -n 's/.* dev \([^ ]*\).*/\1/p')
@@ -115,6 +132,7 @@ for n in mgr1 wrk1; do sdk "$n" load -i "$IMGDIR/nginx/docker-archive.tar" >/dev
 sdk mgr1 service create -d -q --name web --constraint node.role==worker --replicas 1 --publish "$PORT:80" nginx >/dev/null
 $MH task "/run/shoal-lab/$LAB/mgr1/docker.sock" web 60 "$W/res/shoal-task.json" >&2
 TIP=$(python3 -c "import json;print(json.load(open('$W/res/shoal-task.json'))['ingress_ip'])")
+boost_task shoal "$(sdk wrk1 inspect -f '{{.State.Pid}}' "$(sdk wrk1 ps -q | head -1)")" "/run/shoal-lab/$LAB/"
 HOSTLINK=$(python3 -c "import json;h=json.load(open('/run/shoal-lab/$LAB/lab.json')).get('host_link');print(h['addr'] if h else '')")
 for probe in "$NS_W http://$NET3.2:$PORT/" "$NS_W http://$TIP:80/" "$NS_M http://$NET3.1:$PORT/" "$NS_M http://$TIP:80/"; do
   # shellcheck disable=SC2086
@@ -165,6 +183,7 @@ docker_side() {
     || fail "service create failed: $(tr '\n' ' ' <"$W/docker-create.txt")"
   $MH task "$(dsl_sock mgr1)" web 120 "$W/res/docker-task.json" >&2 || fail "no running task with an ingress address after 120 s"
   TIP=$(python3 -c "import json;print(json.load(open('$W/res/docker-task.json'))['ingress_ip'])")
+  boost_task docker "$(dsl_dk wrk1 inspect -f '{{.State.Pid}}' "$(dsl_dk wrk1 ps -q | head -1)")" "$DSL_D/"
   for c in local remote; do
     n=wrk1; [ "$c" = remote ] && n=mgr1
     ns=/run/netns/$DSL_P-$n
@@ -204,7 +223,7 @@ if [ -z "${SKIP_DOCKER:-}" ]; then
 fi
 
 cat >"$W/res/meta.json" <<EOF
-{"runs": $RUNS, "tput_args": "$TPUT_ARGS", "lat_args": "$LAT_ARGS",
+{"runs": $RUNS, "tput_args": "$TPUT_ARGS", "lat_args": "$LAT_ARGS", "nice": $MESH_NICE,
  "load_shoal": "$LOAD_S0 → $LOAD_S1", "load_docker": "${LOAD_D0:-n/a}${LOAD_D1:+ → $LOAD_D1}",
  "wrk": "$(wrk -v 2>&1 | head -1 | tr -d '"')", "docker_version": "$(cat "$W/res/docker-version.txt" 2>/dev/null)"}
 EOF

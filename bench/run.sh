@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # shoal vs Docker Engine (Debian docker.io) side by side. Run as root:  sudo bench/run.sh
-# Env: RUNS (default 20) WARMUP (3) WRK_DURATION (10s) SKIP_DOCKER=1 SKIP_INSTALL=1 SKIP_BUILD=1 KEEP_LOGS=DIR OUT_DIR=DIR (default bench/results)
+# Env: RUNS (default 20) WARMUP (3) WRK_DURATION (10s) HTTP_ROUNDS (3) SKIP_DOCKER=1 SKIP_INSTALL=1 SKIP_BUILD=1 KEEP_LOGS=DIR OUT_DIR=DIR (default bench/results)
 set -euo pipefail
 . "$(dirname "$(readlink -f "$0")")/common.sh"
 
@@ -9,6 +9,7 @@ ROOT=$(dirname "$HERE")
 RUNS=${RUNS:-20}
 WARMUP=${WARMUP:-3}
 WRK_DURATION=${WRK_DURATION:-10s}
+HTTP_ROUNDS=${HTTP_ROUNDS:-3}
 NCONT=10
 CLI=/usr/local/bin/docker   # docker 28.2 CLI, used for BOTH engines
 HELPER="python3 $HERE/helper.py"
@@ -162,20 +163,24 @@ bench_engine() {
     for ((i = 0; i < 100; i++)); do
       ip netns exec "$NSD" curl -fsS -o /dev/null "http://$ip:80/" 2>/dev/null && break; sleep 0.1
     done
-    local k ns url
-    for k in client_direct client_published local_direct local_published; do
-      case $k in
-        client_direct) ns=$NSC; url=http://$ip:80/ ;;
-        client_published) ns=$NSC; url=http://10.77.0.1:8080/ ;;
-        local_direct) ns=$NSD; url=http://$ip:80/ ;;
-        local_published) ns=$NSD; url=http://127.0.0.1:8080/ ;;
-      esac
-      if ip netns exec "$ns" curl -fsS -m 5 -o /dev/null "$url"; then
-        ip netns exec "$ns" wrk -t2 -c50 -d"$WRK_DURATION" "$url" >"$W/res/$E-wrk-$k.txt" 2>&1 || engine_fail "wrk $k failed"
-        echo "  $k $url: $(grep Requests/sec "$W/res/$E-wrk-$k.txt")" >&2
-      else
-        engine_fail "$k: $url not reachable"
-      fi
+    local k ns url r
+    # HTTP_ROUNDS rounds, the four cases alternating within each: wrk, nginx and the kernel share
+    # 2 cores, so a single 10 s run per case swings by ±10 %; the summary takes the median.
+    for ((r = 1; r <= HTTP_ROUNDS; r++)); do
+      for k in client_direct client_published local_direct local_published; do
+        case $k in
+          client_direct) ns=$NSC; url=http://$ip:80/ ;;
+          client_published) ns=$NSC; url=http://10.77.0.1:8080/ ;;
+          local_direct) ns=$NSD; url=http://$ip:80/ ;;
+          local_published) ns=$NSD; url=http://127.0.0.1:8080/ ;;
+        esac
+        if ip netns exec "$ns" curl -fsS -m 5 -o /dev/null "$url"; then
+          ip netns exec "$ns" wrk -t2 -c50 -d"$WRK_DURATION" "$url" >"$W/res/$E-wrk-$k-$r.txt" 2>&1 || engine_fail "wrk $k failed"
+          echo "  round $r $k $url: $(grep Requests/sec "$W/res/$E-wrk-$k-$r.txt")" >&2
+        else
+          engine_fail "$k: $url not reachable"
+        fi
+      done
     done
     dk "$E" rm -f "$cid" >/dev/null || true
   else

@@ -17,12 +17,18 @@ pub(crate) struct LocalRoot(pub bool);
 
 pub(crate) async fn credentials(state: &ApiState, req: Request<Incoming>) -> ApiResult {
     if !req.extensions().get::<LocalRoot>().is_some_and(|r| r.0) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "the dashboard credential is only given to root on the daemon's unix socket"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the dashboard credential is only given to root on the daemon's unix socket",
+        ));
     }
     let reset = req.method() == Method::POST && Query::parse(&req).bool("reset");
     if reset {
         let credential = state.swarm.reset_dashboard_credential().await?;
-        return Ok(http::json(StatusCode::OK, &json!({ "Credential": credential, "Reset": true })));
+        return Ok(http::json(
+            StatusCode::OK,
+            &json!({ "Credential": credential, "Reset": true }),
+        ));
     }
     match state.swarm.dashboard_credential().await? {
         Some(c) => Ok(http::json(StatusCode::OK, &json!({ "Credential": c }))),

@@ -93,7 +93,7 @@ impl ServiceForm {
             mode,
             ..ServiceSpec::default()
         };
-        spec.task_template.container_spec.image = self.image.clone();
+        spec.task_template.container_spec.image = normalize_image(&self.image);
         spec.task_template.container_spec.env = lines(&self.env);
         for e in &spec.task_template.container_spec.env {
             if !e.contains('=') || e.starts_with('=') {
@@ -117,6 +117,19 @@ impl ServiceForm {
             });
         }
         Ok(spec)
+    }
+}
+
+/// An image reference as the docker CLI sends it: a tag (`:latest`) when it has neither a tag
+/// nor a digest. (A service whose spec says `nginx` would otherwise be rolled over by the first
+/// `docker service update`/`scale`, whose spec says `nginx:latest`.)
+pub fn normalize_image(image: &str) -> String {
+    let image = image.trim();
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.is_empty() || image.contains('@') || last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
     }
 }
 
@@ -238,7 +251,7 @@ mod tests {
         let spec = form.to_spec().unwrap();
         assert_eq!(spec.name, "web");
         assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 2 });
-        assert_eq!(spec.task_template.container_spec.image, "nginx");
+        assert_eq!(spec.task_template.container_spec.image, "nginx:latest");
         assert_eq!(
             spec.task_template.container_spec.env,
             vec!["A=1", "B=two words"]
@@ -313,6 +326,21 @@ mod tests {
         assert!(parse_ports("8080:80/sctpx").is_err());
         assert_eq!(parse_ports("80").unwrap()[0].published_port, 0);
         assert!(parse_replicas("100001").is_err());
+    }
+
+    #[test]
+    fn images_get_a_tag_like_the_cli_gives_them() {
+        assert_eq!(normalize_image("nginx"), "nginx:latest");
+        assert_eq!(normalize_image(" nginx:1.25 "), "nginx:1.25");
+        assert_eq!(
+            normalize_image("localhost:5000/app"),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(
+            normalize_image("localhost:5000/app:v2"),
+            "localhost:5000/app:v2"
+        );
+        assert_eq!(normalize_image("app@sha256:abc"), "app@sha256:abc");
     }
 
     #[test]

@@ -832,7 +832,7 @@ pub fn containers(s: &Snapshot, local: &[shoal_engine::ContainerRecord]) -> Page
     let this = s.node_name(&s.this_node);
     let mut live = format!("<h2>On this manager ({})</h2>", esc(&this));
     let mut list: Vec<&shoal_engine::ContainerRecord> = local.iter().collect();
-    list.sort_by(|a, b| b.created.cmp(&a.created));
+    list.sort_by_key(|c| std::cmp::Reverse(c.created));
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {

@@ -378,9 +378,9 @@ fn render(ctx: &Ctx, r: &Req, page: Page, status: StatusCode) -> Resp {
 fn local_counts(swarm: &Swarm) -> LocalCounts {
     let c = swarm.engine().counts();
     LocalCounts {
-        containers: c.containers as usize,
-        running: c.running as usize,
-        images: c.images as usize,
+        containers: c.containers,
+        running: c.running,
+        images: c.images,
     }
 }
 
@@ -615,7 +615,8 @@ async fn service_action(
                 return Err("an image is required".into());
             }
             let mut spec = svc.spec.clone();
-            spec.task_template.container_spec.image = image.to_string();
+            let image = crate::forms::normalize_image(image);
+            spec.task_template.container_spec.image = image.clone();
             swarm
                 .update_service(&svc.id, version, spec, false)
                 .await

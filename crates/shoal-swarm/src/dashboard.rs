@@ -37,7 +37,10 @@ pub fn new_credential() -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let mut bytes = [0u8; 20];
     rand::thread_rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| ALPHABET[(b & 31) as usize] as char).collect()
+    bytes
+        .iter()
+        .map(|b| ALPHABET[(b & 31) as usize] as char)
+        .collect()
 }
 
 /// `pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>` of `credential` with a fresh salt.
@@ -50,7 +53,13 @@ pub fn hash_credential(credential: &str) -> String {
 fn hash_with(credential: &str, iterations: u32, salt: &[u8]) -> String {
     let mut out = [0u8; HASH_LEN];
     let rounds = std::num::NonZeroU32::new(iterations.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-    ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA256, rounds, salt, credential.as_bytes(), &mut out);
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        rounds,
+        salt,
+        credential.as_bytes(),
+        &mut out,
+    );
     format!("pbkdf2-sha256${iterations}${}${}", hex(salt), hex(&out))
 }
 
@@ -58,14 +67,30 @@ fn hash_with(credential: &str, iterations: u32, salt: &[u8]) -> String {
 /// malformed or empty stored value matches nothing.
 pub fn verify_credential(stored: &str, candidate: &str) -> bool {
     let parts: Vec<&str> = stored.split('$').collect();
-    let [scheme, iterations, salt, hash] = parts.as_slice() else { return false };
+    let [scheme, iterations, salt, hash] = parts.as_slice() else {
+        return false;
+    };
     if *scheme != "pbkdf2-sha256" {
         return false;
     }
-    let (Some(iterations), Some(salt), Some(hash)) = (iterations.parse::<u32>().ok().and_then(std::num::NonZeroU32::new), unhex(salt), unhex(hash)) else {
+    let (Some(iterations), Some(salt), Some(hash)) = (
+        iterations
+            .parse::<u32>()
+            .ok()
+            .and_then(std::num::NonZeroU32::new),
+        unhex(salt),
+        unhex(hash),
+    ) else {
         return false;
     };
-    ring::pbkdf2::verify(ring::pbkdf2::PBKDF2_HMAC_SHA256, iterations, &salt, candidate.as_bytes(), &hash).is_ok()
+    ring::pbkdf2::verify(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        &salt,
+        candidate.as_bytes(),
+        &hash,
+    )
+    .is_ok()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -73,10 +98,13 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || text.is_empty() {
+    if !text.len().is_multiple_of(2) || text.is_empty() {
         return None;
     }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// What a store commit did to one object.
@@ -99,7 +127,10 @@ pub struct ObjectChange {
 #[derive(Debug, Clone)]
 pub enum FeedItem {
     /// The changes of one commit, in order.
-    Changes { index: u64, changes: Vec<ObjectChange> },
+    Changes {
+        index: u64,
+        changes: Vec<ObjectChange>,
+    },
     /// The reader fell behind and missed commits: re-read what it shows.
     Missed(u64),
 }
@@ -124,12 +155,17 @@ impl ChangeFeed {
                             shoal_store::Action::Delete => ChangeAction::Delete,
                         },
                         object: match c.object.as_ref() {
-                            AnyObject::Cluster(cluster) => Arc::new(AnyObject::Cluster(cluster.public())),
+                            AnyObject::Cluster(cluster) => {
+                                Arc::new(AnyObject::Cluster(cluster.public()))
+                            }
                             _ => c.object.clone(),
                         },
                     })
                     .collect();
-                Some(FeedItem::Changes { index: commit.index, changes })
+                Some(FeedItem::Changes {
+                    index: commit.index,
+                    changes,
+                })
             }
             Err(broadcast::error::RecvError::Lagged(n)) => Some(FeedItem::Missed(n)),
             Err(broadcast::error::RecvError::Closed) => None,
@@ -156,8 +192,16 @@ impl Swarm {
 
     fn stored_credential_hash(&self) -> Result<String> {
         let store = self.store()?;
-        let cluster = store.view().list::<Cluster>().into_iter().next().ok_or_else(|| SwarmError::Internal("the cluster object is missing".into()))?;
-        Ok(cluster.store_only.map(|s| s.dashboard_credential).unwrap_or_default())
+        let cluster = store
+            .view()
+            .list::<Cluster>()
+            .into_iter()
+            .next()
+            .ok_or_else(|| SwarmError::Internal("the cluster object is missing".into()))?;
+        Ok(cluster
+            .store_only
+            .map(|s| s.dashboard_credential)
+            .unwrap_or_default())
     }
 
     /// Whether `candidate` is the dashboard credential (false when none is set). Slow on purpose
@@ -178,17 +222,20 @@ impl Swarm {
     /// longer holds the credential.
     pub async fn set_dashboard_credential(&self, credential: &str) -> Result<()> {
         if credential.chars().count() < MIN_CREDENTIAL_LEN {
-            return Err(SwarmError::BadRequest(format!("the dashboard credential must have at least {MIN_CREDENTIAL_LEN} characters")));
+            return Err(SwarmError::BadRequest(format!(
+                "the dashboard credential must have at least {MIN_CREDENTIAL_LEN} characters"
+            )));
         }
         let credential = credential.to_string();
         let hash = tokio::task::spawn_blocking(move || hash_credential(&credential))
             .await
             .map_err(|e| SwarmError::Internal(format!("hashing the dashboard credential: {e}")))?;
-        self.write::<()>(ControlOp::SetDashboardCredential { hash }).await?;
+        self.write::<()>(ControlOp::SetDashboardCredential { hash })
+            .await?;
         match std::fs::remove_file(self.credential_path()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(SwarmError::Internal(format!("removing {}: {e}", self.credential_path().display())))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SwarmError::Internal(
+                format!("removing {}: {e}", self.credential_path().display()),
+            )),
             _ => Ok(()),
         }
     }
@@ -208,7 +255,12 @@ impl Swarm {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t.trim().to_string(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(SwarmError::Internal(format!("reading {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(SwarmError::Internal(format!(
+                    "reading {}: {e}",
+                    path.display()
+                )))
+            }
         };
         if self.check_dashboard_credential(&text).await? {
             Ok(Some(text))
@@ -223,7 +275,11 @@ impl Swarm {
         let tmp = self.inner.dir.join(format!(".{CREDENTIAL_FILE}.tmp"));
         let write = || -> std::io::Result<()> {
             let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(credential.as_bytes())?;
             f.write_all(b"\n")?;
             f.sync_all()?;
@@ -237,8 +293,15 @@ impl Swarm {
         let store = self.store()?;
         store
             .update(move |tx| {
-                let mut cluster = tx.list::<Cluster>().into_iter().next().ok_or_else(|| shoal_store::StoreError::Internal("no cluster".into()))?;
-                cluster.store_only.get_or_insert_with(Default::default).dashboard_credential = hash;
+                let mut cluster = tx
+                    .list::<Cluster>()
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| shoal_store::StoreError::Internal("no cluster".into()))?;
+                cluster
+                    .store_only
+                    .get_or_insert_with(Default::default)
+                    .dashboard_credential = hash;
                 tx.update(cluster)
             })
             .await?;
@@ -255,7 +318,11 @@ mod tests {
     fn credentials_hash_and_verify() {
         let c = new_credential();
         assert_eq!(c.len(), 20);
-        assert!(c.chars().all(|ch| ch.is_ascii_uppercase() || ('2'..='7').contains(&ch)), "{c}");
+        assert!(
+            c.chars()
+                .all(|ch| ch.is_ascii_uppercase() || ('2'..='7').contains(&ch)),
+            "{c}"
+        );
         assert_ne!(c, new_credential());
         let h = hash_with(&c, 1000, b"0123456789abcdef");
         assert!(h.starts_with("pbkdf2-sha256$1000$"), "{h}");
@@ -267,7 +334,10 @@ mod tests {
         assert!(!verify_credential("pbkdf2-sha256$x$00$00", &c));
         assert!(!verify_credential("md5$1$00$00", &c));
         // Salted: the same credential hashes differently each time, and both verify.
-        let (a, b) = (hash_credential("correct horse"), hash_credential("correct horse"));
+        let (a, b) = (
+            hash_credential("correct horse"),
+            hash_credential("correct horse"),
+        );
         assert_ne!(a, b);
         assert!(verify_credential(&a, "correct horse") && verify_credential(&b, "correct horse"));
     }

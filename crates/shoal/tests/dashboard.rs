@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use shoal_testkit::{ensure_packages, wait_until, workspace_root, Daemon, DaemonOpts, Lab, Netns, TestImage};
+use shoal_testkit::{
+    ensure_packages, wait_until, workspace_root, Daemon, DaemonOpts, Lab, Netns, TestImage,
+};
 
 const DRIVER_PORT: u16 = 9515;
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -40,7 +42,12 @@ fn artifacts() -> PathBuf {
 }
 
 /// One HTTP/1.1 request to chromedriver inside `netns`; the JSON answer.
-fn driver_http(netns: &Netns, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+fn driver_http(
+    netns: &Netns,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, String> {
     let body = body.map(|b| b.to_string());
     let (method, path) = (method.to_string(), path.to_string());
     netns
@@ -73,10 +80,8 @@ fn driver_http(netns: &Netns, method: &str, path: &str, body: Option<&Value>) ->
                 match length {
                     Some(len) if rest.len() >= len => break (head.to_string(), rest[..len].to_string()),
                     Some(_) => continue,
-                    None if lower.contains("transfer-encoding: chunked") => {
-                        if rest.ends_with("0\r\n\r\n") {
-                            break (head.to_string(), dechunk(rest));
-                        }
+                    None if lower.contains("transfer-encoding: chunked") && rest.ends_with("0\r\n\r\n") => {
+                        break (head.to_string(), dechunk(rest))
                     }
                     None => {}
                 }
@@ -95,7 +100,9 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || tail.len() < n {
             break;
         }
@@ -116,10 +123,12 @@ struct Browser {
 
 impl Browser {
     fn start(netns: &Netns) -> Browser {
-        let profile = std::env::temp_dir().join(format!("shoal-dashboard-chromium-{}", std::process::id()));
+        let profile =
+            std::env::temp_dir().join(format!("shoal-dashboard-chromium-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).expect("creating the chromium profile dir");
-        let log = std::fs::File::create(artifacts().join("chromedriver.log")).expect("chromedriver log");
+        let log =
+            std::fs::File::create(artifacts().join("chromedriver.log")).expect("chromedriver log");
         let driver = netns
             .command("/usr/bin/chromedriver")
             .arg(format!("--port={DRIVER_PORT}"))
@@ -128,8 +137,16 @@ impl Browser {
             .stderr(log)
             .spawn()
             .expect("starting chromedriver");
-        let mut b = Browser { netns: netns.clone(), driver, session: None, profile, shots: artifacts() };
-        let up = wait_until(Duration::from_secs(20), || driver_http(&b.netns, "GET", "/status", None).is_ok_and(|v| v["ready"] == true));
+        let mut b = Browser {
+            netns: netns.clone(),
+            driver,
+            session: None,
+            profile,
+            shots: artifacts(),
+        };
+        let up = wait_until(Duration::from_secs(20), || {
+            driver_http(&b.netns, "GET", "/status", None).is_ok_and(|v| v["ready"] == true)
+        });
         assert!(up, "chromedriver did not come up");
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -142,34 +159,59 @@ impl Browser {
                 ]
             }
         }}});
-        let v = driver_http(&b.netns, "POST", "/session", Some(&caps)).expect("creating a chromium session");
+        let v = driver_http(&b.netns, "POST", "/session", Some(&caps))
+            .expect("creating a chromium session");
         b.session = Some(v["sessionId"].as_str().expect("session id").to_string());
         b
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let sid = self.session.as_deref().ok_or("no session")?;
-        driver_http(&self.netns, method, &format!("/session/{sid}{path}"), body.as_ref())
+        driver_http(
+            &self.netns,
+            method,
+            &format!("/session/{sid}{path}"),
+            body.as_ref(),
+        )
     }
 
     fn goto(&self, url: &str) {
-        self.call("POST", "/url", Some(json!({"url": url}))).unwrap_or_else(|e| panic!("opening {url}: {e}"));
+        self.call("POST", "/url", Some(json!({"url": url})))
+            .unwrap_or_else(|e| panic!("opening {url}: {e}"));
     }
 
     fn url(&self) -> String {
-        self.call("GET", "/url", None).map(|v| v.as_str().unwrap_or_default().to_string()).unwrap_or_default()
+        self.call("GET", "/url", None)
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
     }
 
     fn script(&self, script: &str, args: Value) -> Value {
-        self.call("POST", "/execute/sync", Some(json!({"script": script, "args": args}))).unwrap_or_else(|e| panic!("script {script:?}: {e}"))
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+        .unwrap_or_else(|e| panic!("script {script:?}: {e}"))
     }
 
     fn count(&self, css: &str) -> usize {
-        self.script("return document.querySelectorAll(arguments[0]).length", json!([css])).as_u64().unwrap_or(0) as usize
+        self.script(
+            "return document.querySelectorAll(arguments[0]).length",
+            json!([css]),
+        )
+        .as_u64()
+        .unwrap_or(0) as usize
     }
 
     fn text(&self, css: &str) -> String {
-        self.script("var e = document.querySelector(arguments[0]); return e ? e.textContent : ''", json!([css])).as_str().unwrap_or_default().to_string()
+        self.script(
+            "var e = document.querySelector(arguments[0]); return e ? e.textContent : ''",
+            json!([css]),
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
     }
 
     /// The element matching `css` (waits for it a while).
@@ -177,7 +219,11 @@ impl Browser {
         let mut last = String::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            match self.call("POST", "/element", Some(json!({"using": "css selector", "value": css}))) {
+            match self.call(
+                "POST",
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            ) {
                 Ok(v) => return v[ELEMENT].as_str().unwrap_or_default().to_string(),
                 Err(e) => last = e,
             }
@@ -193,7 +239,13 @@ impl Browser {
             let el = self.find(css);
             let typed = self
                 .call("POST", &format!("/element/{el}/clear"), Some(json!({})))
-                .and_then(|_| self.call("POST", &format!("/element/{el}/value"), Some(json!({"text": text}))));
+                .and_then(|_| {
+                    self.call(
+                        "POST",
+                        &format!("/element/{el}/value"),
+                        Some(json!({"text": text})),
+                    )
+                });
             match typed {
                 Ok(_) => return,
                 // The live region was replaced under us: find the new element.
@@ -223,16 +275,23 @@ impl Browser {
         let ok = wait_until(timeout, || f(self));
         if !ok {
             self.screenshot("failure");
-            panic!("timed out waiting for {what} (url {}); page text:\n{}", self.url(), self.text("main"));
+            panic!(
+                "timed out waiting for {what} (url {}); page text:\n{}",
+                self.url(),
+                self.text("main")
+            );
         }
     }
 
     fn screenshot(&self, name: &str) {
         match self.call("GET", "/screenshot", None) {
             Ok(v) => {
-                let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default()).unwrap_or_default();
+                let png = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap_or_default())
+                    .unwrap_or_default();
                 let path = self.shots.join(format!("{name}.png"));
-                std::fs::write(&path, png).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+                std::fs::write(&path, png)
+                    .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
                 eprintln!("screenshot: {}", path.display());
             }
             Err(e) => eprintln!("screenshot {name} failed: {e}"),
@@ -243,11 +302,19 @@ impl Browser {
     /// passthrough; a window cannot be made that narrow).
     fn phone(&self, on: bool) {
         let (cmd, params) = if on {
-            ("Emulation.setDeviceMetricsOverride", json!({"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": true}))
+            (
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": true}),
+            )
         } else {
             ("Emulation.clearDeviceMetricsOverride", json!({}))
         };
-        self.call("POST", "/goog/cdp/execute", Some(json!({"cmd": cmd, "params": params}))).expect("emulating a phone screen");
+        self.call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": cmd, "params": params})),
+        )
+        .expect("emulating a phone screen");
     }
 }
 
@@ -256,10 +323,17 @@ fn descendants(pid: u32) -> Vec<u32> {
     let mut parent_of: Vec<(u32, u32)> = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
             // pid (comm) state ppid …; comm may hold spaces, so read after the last ')'.
-            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|s| s.parse().ok());
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|s| s.parse().ok());
             if let Some(ppid) = ppid {
                 parent_of.push((p, ppid));
             }
@@ -286,7 +360,10 @@ impl Drop for Browser {
         }
         // Chromium's processes (started by chromedriver), then chromedriver itself.
         for pid in descendants(self.driver.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
@@ -295,21 +372,36 @@ impl Drop for Browser {
 }
 
 fn node_id(d: &Daemon) -> String {
-    d.docker_ok(["info", "--format", "{{.Swarm.NodeID}}"]).trim().to_string()
+    d.docker_ok(["info", "--format", "{{.Swarm.NodeID}}"])
+        .trim()
+        .to_string()
 }
 
 /// Running boxes of `service` in the visualizer (optionally in one node's column).
 fn running_boxes(b: &Browser, service: &str, node: Option<&str>) -> usize {
-    let col = node.map(|id| format!("section.node-col[data-node-id=\"{id}\"] ")).unwrap_or_default();
-    b.count(&format!("{col}li.task[data-service=\"{service}\"][data-state=\"running\"]"))
+    let col = node
+        .map(|id| format!("section.node-col[data-node-id=\"{id}\"] "))
+        .unwrap_or_default();
+    b.count(&format!(
+        "{col}li.task[data-service=\"{service}\"][data-state=\"running\"]"
+    ))
 }
 
 fn credential(manager: &Daemon) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["dashboard", "credentials", "-H", &format!("unix://{}", manager.sock().display())])
+        .args([
+            "dashboard",
+            "credentials",
+            "-H",
+            &format!("unix://{}", manager.sock().display()),
+        ])
         .output()
         .expect("running shoal dashboard credentials");
-    assert!(out.status.success(), "shoal dashboard credentials: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "shoal dashboard credentials: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let c = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(c.len(), 20, "a 20-character credential: {c:?}");
     c
@@ -320,63 +412,118 @@ fn dashboard_in_chromium_on_a_three_node_lab() {
     if !root() {
         return;
     }
-    ensure_packages(&["busybox-static", "nftables", "iproute2", "chromium", "chromium-driver"]);
+    ensure_packages(&[
+        "busybox-static",
+        "nftables",
+        "iproute2",
+        "chromium",
+        "chromium-driver",
+    ]);
     let lab = Lab::new("shoal-dash", 3);
     let image = TestImage::whoami().docker_archive();
     let names = ["manager-1", "worker-1", "worker-2"];
     let nodes: Vec<Daemon> = (0..3)
         .map(|i| {
-            let d = Daemon::start(DaemonOpts::new(env!("CARGO_BIN_EXE_shoal"), lab.node(i)).hostname(names[i]));
+            let d = Daemon::start(
+                DaemonOpts::new(env!("CARGO_BIN_EXE_shoal"), lab.node(i)).hostname(names[i]),
+            );
             d.docker_ok(["load", "-i", image.to_str().unwrap()]);
             d
         })
         .collect();
-    nodes[0].docker_ok(["swarm", "init", "--advertise-addr", &lab.addr(0).to_string()]);
-    let token = nodes[0].docker_ok(["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    nodes[0].docker_ok([
+        "swarm",
+        "init",
+        "--advertise-addr",
+        &lab.addr(0).to_string(),
+    ]);
+    let token = nodes[0]
+        .docker_ok(["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_string();
     for w in &nodes[1..] {
-        w.docker_ok(["swarm", "join", "--token", &token, &format!("{}:2377", lab.addr(0))]);
+        w.docker_ok([
+            "swarm",
+            "join",
+            "--token",
+            &token,
+            &format!("{}:2377", lab.addr(0)),
+        ]);
     }
     let ready = wait_until(Duration::from_secs(20), || {
-        nodes[0].docker_ok(["node", "ls", "--format", "{{.Status}}"]).lines().filter(|l| *l == "Ready").count() == 3
+        nodes[0]
+            .docker_ok(["node", "ls", "--format", "{{.Status}}"])
+            .lines()
+            .filter(|l| *l == "Ready")
+            .count()
+            == 3
     });
     assert!(ready, "node ls: {}", nodes[0].docker_ok(["node", "ls"]));
     let ids: Vec<String> = nodes.iter().map(node_id).collect();
     let secret = credential(&nodes[0]);
     // Workers serve no dashboard and keep no credential.
     let worker_cred = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["dashboard", "credentials", "-H", &format!("unix://{}", nodes[1].sock().display())])
+        .args([
+            "dashboard",
+            "credentials",
+            "-H",
+            &format!("unix://{}", nodes[1].sock().display()),
+        ])
         .output()
         .unwrap();
-    assert!(!worker_cred.status.success(), "a worker has no dashboard credential");
+    assert!(
+        !worker_cred.status.success(),
+        "a worker has no dashboard credential"
+    );
 
     // The browser lives in the hub namespace, with an address on the lab network.
     let hub = lab.hub();
-    hub.ip(&["addr", "add", &lab.subnet().replace(".0/24", ".254/24"), "dev", "br0"]);
+    hub.ip(&[
+        "addr",
+        "add",
+        &lab.subnet().replace(".0/24", ".254/24"),
+        "dev",
+        "br0",
+    ]);
     let base = format!("http://{}:9000", lab.addr(0));
     let browser = Browser::start(hub);
 
     // 1. Login is required, and a wrong credential is refused.
     browser.goto(&format!("{base}/visualizer"));
-    browser.wait_for("the login page", Duration::from_secs(10), |b| b.url().contains("/login"));
+    browser.wait_for("the login page", Duration::from_secs(10), |b| {
+        b.url().contains("/login")
+    });
     browser.type_into("#credential", "WRONG-CREDENTIAL-123");
     browser.click("#login");
-    browser.wait_for("the refusal", Duration::from_secs(15), |b| b.text("#login-error").contains("Wrong credential"));
-    assert!(browser.url().contains("/login"), "still on the login page: {}", browser.url());
+    browser.wait_for("the refusal", Duration::from_secs(15), |b| {
+        b.text("#login-error").contains("Wrong credential")
+    });
+    assert!(
+        browser.url().contains("/login"),
+        "still on the login page: {}",
+        browser.url()
+    );
     assert_eq!(browser.count("section.node-col"), 0);
     browser.screenshot("01-login-refused");
 
     // 2. The right credential, submitted from the keyboard (Enter), leads to the visualizer
     //    with the three nodes.
     browser.type_into("#credential", &format!("{secret}\u{E007}"));
-    browser.wait_for("the visualizer after login", Duration::from_secs(15), |b| b.url().ends_with("/visualizer"));
-    browser.wait_for("three node columns", Duration::from_secs(15), |b| b.count("section.node-col[data-node-id]:not([data-node-id=''])") == 3);
+    browser.wait_for("the visualizer after login", Duration::from_secs(15), |b| {
+        b.url().ends_with("/visualizer")
+    });
+    browser.wait_for("three node columns", Duration::from_secs(15), |b| {
+        b.count("section.node-col[data-node-id]:not([data-node-id=''])") == 3
+    });
     for (id, name) in ids.iter().zip(names) {
         let col = format!("section.node-col[data-node-id=\"{id}\"]");
         assert_eq!(browser.count(&col), 1, "a column for {name}");
         assert_eq!(browser.text(&format!("{col} h2")), name);
         assert_eq!(browser.text(&format!("{col} .status")), "ready");
     }
-    assert!(browser.text("section.node-col[data-node=\"manager-1\"] .role").contains("leader"));
+    assert!(browser
+        .text("section.node-col[data-node=\"manager-1\"] .role")
+        .contains("leader"));
     browser.screenshot("02-visualizer-three-nodes");
 
     // 3. A two-replica service from the form: two running boxes.
@@ -388,43 +535,105 @@ fn dashboard_in_chromium_on_a_three_node_lab() {
     browser.type_into("#env", "GREETING=hello");
     browser.screenshot("03-create-form");
     browser.click("#create-service button[type=submit]");
-    browser.wait_for("the new service's page", Duration::from_secs(30), |b| b.text("main h1") == "Service web");
-    assert!(browser.text("main .flash").contains("Service web created"), "flash: {}", browser.text("main"));
-    let spec = nodes[0].docker_ok(["service", "inspect", "web", "--format", "{{.Spec.Mode.Replicated.Replicas}} {{.Spec.TaskTemplate.ContainerSpec.Env}} {{range .Endpoint.Ports}}{{.PublishedPort}}:{{.TargetPort}}{{end}}"]);
-    assert_eq!(spec.trim(), "2 [GREETING=hello] 8080:80", "the service as the CLI sees it");
+    browser.wait_for("the new service's page", Duration::from_secs(30), |b| {
+        b.text("main h1") == "Service web"
+    });
+    assert!(
+        browser.text("main .flash").contains("Service web created"),
+        "flash: {}",
+        browser.text("main")
+    );
+    let spec = nodes[0].docker_ok(["service", "inspect", "web", "--format", "{{.Spec.Mode.Replicated.Replicas}} {{.Spec.TaskTemplate.ContainerSpec.Image}} {{.Spec.TaskTemplate.ContainerSpec.Env}} {{range .Endpoint.Ports}}{{.PublishedPort}}:{{.TargetPort}}{{end}}"]);
+    assert_eq!(
+        spec.trim(),
+        "2 whoami:latest [GREETING=hello] 8080:80",
+        "the service as the CLI sees it"
+    );
     browser.goto(&format!("{base}/visualizer"));
-    browser.wait_for("two running web boxes", Duration::from_secs(60), |b| running_boxes(b, "web", None) == 2);
+    browser.wait_for("two running web boxes", Duration::from_secs(60), |b| {
+        running_boxes(b, "web", None) == 2
+    });
     browser.screenshot("04-visualizer-two-replicas");
 
     // 4. Scale inline to four on the services page; the page follows without a reload.
     browser.goto(&format!("{base}/services"));
     browser.type_into("form[data-service=\"web\"] input[name=replicas]", "4");
     browser.click("form[data-service=\"web\"] button[type=submit]");
-    browser.wait_for("the scale confirmation", Duration::from_secs(30), |b| b.text("main .flash").contains("scaled to 4"));
-    browser.wait_for("4/4 replicas on the services page", Duration::from_secs(60), |b| b.text("span.replicas[data-service=\"web\"]").trim() == "4/4");
+    browser.wait_for("the scale confirmation", Duration::from_secs(30), |b| {
+        b.text("main .flash").contains("scaled to 4")
+    });
+    browser.wait_for(
+        "4/4 replicas on the services page",
+        Duration::from_secs(60),
+        |b| b.text("span.replicas[data-service=\"web\"]").trim() == "4/4",
+    );
     browser.goto(&format!("{base}/visualizer"));
-    browser.wait_for("four running web boxes", Duration::from_secs(30), |b| running_boxes(b, "web", None) == 4);
+    browser.wait_for("four running web boxes", Duration::from_secs(30), |b| {
+        running_boxes(b, "web", None) == 4
+    });
     browser.screenshot("05-visualizer-four-replicas");
 
     // 5. Drain a worker that runs some of them: its boxes move to the others.
-    let drained = (1..3).max_by_key(|i| running_boxes(&browser, "web", Some(&ids[*i]))).unwrap();
-    assert!(running_boxes(&browser, "web", Some(&ids[drained])) > 0, "worker {drained} runs a web task");
+    let drained = (1..3)
+        .max_by_key(|i| running_boxes(&browser, "web", Some(&ids[*i])))
+        .unwrap();
+    assert!(
+        running_boxes(&browser, "web", Some(&ids[drained])) > 0,
+        "worker {drained} runs a web task"
+    );
     browser.goto(&format!("{base}/nodes"));
-    browser.click(&format!("form[action=\"/nodes/{}/availability\"] button[value=drain]", ids[drained]));
-    browser.wait_for("the drain confirmation", Duration::from_secs(30), |b| b.text("main .flash").contains("availability set to drain"));
+    browser.click(&format!(
+        "form[action=\"/nodes/{}/availability\"] button[value=drain]",
+        ids[drained]
+    ));
+    browser.wait_for("the drain confirmation", Duration::from_secs(30), |b| {
+        b.text("main .flash").contains("availability set to drain")
+    });
     browser.screenshot("06-nodes-drained");
     browser.goto(&format!("{base}/visualizer"));
-    browser.wait_for("the drained node's boxes on the others", Duration::from_secs(60), |b| {
-        b.count(&format!("section.node-col[data-node-id=\"{}\"] li.task[data-service=\"web\"]", ids[drained])) == 0 && running_boxes(b, "web", None) == 4
-    });
-    assert_eq!(browser.text(&format!("section.node-col[data-node-id=\"{}\"] .availability", ids[drained])), "drain");
+    browser.wait_for(
+        "the drained node's boxes on the others",
+        Duration::from_secs(60),
+        |b| {
+            b.count(&format!(
+                "section.node-col[data-node-id=\"{}\"] li.task[data-service=\"web\"]",
+                ids[drained]
+            )) == 0
+                && running_boxes(b, "web", None) == 4
+        },
+    );
+    assert_eq!(
+        browser.text(&format!(
+            "section.node-col[data-node-id=\"{}\"] .availability",
+            ids[drained]
+        )),
+        "drain"
+    );
     browser.screenshot("07-visualizer-after-drain");
 
     // 6. Live: a change made with the docker CLI shows up without reloading the page.
     browser.script("window.__noReload = 'still here'; return null", json!([]));
     nodes[0].docker_ok(["service", "scale", "--detach", "web=5"]);
-    browser.wait_for("a fifth box, live", Duration::from_secs(60), |b| running_boxes(b, "web", None) == 5);
-    assert_eq!(browser.script("return window.__noReload || ''", json!([])), json!("still here"), "the page was not reloaded");
+    browser.wait_for("a fifth box, live", Duration::from_secs(60), |b| {
+        running_boxes(b, "web", None) == 5
+    });
+    assert_eq!(
+        browser.script("return window.__noReload || ''", json!([])),
+        json!("still here"),
+        "the page was not reloaded"
+    );
+    let update = nodes[0].docker_ok([
+        "service",
+        "inspect",
+        "web",
+        "--format",
+        "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+    ]);
+    assert_eq!(
+        update.trim(),
+        "",
+        "scaling with the CLI does not roll the dashboard-made service over"
+    );
     assert_eq!(browser.text("#conn"), "Live");
 
     // 7. Phone width: the same page, one column.
@@ -435,31 +644,71 @@ fn dashboard_in_chromium_on_a_three_node_lab() {
         json!([]),
     );
     assert_eq!(columns, json!(true), "node columns stack at phone width");
-    let overflow = browser.script("return document.documentElement.scrollWidth <= window.innerWidth + 1", json!([]));
-    assert_eq!(overflow, json!(true), "no sideways scrolling at phone width");
+    let overflow = browser.script(
+        "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+        json!([]),
+    );
+    assert_eq!(
+        overflow,
+        json!(true),
+        "no sideways scrolling at phone width"
+    );
     browser.screenshot("08-visualizer-phone");
     browser.phone(false);
 
     // A service's tasks and live logs; a container's logs and inspect.
-    let web_id = nodes[0].docker_ok(["service", "inspect", "web", "--format", "{{.ID}}"]).trim().to_string();
+    let web_id = nodes[0]
+        .docker_ok(["service", "inspect", "web", "--format", "{{.ID}}"])
+        .trim()
+        .to_string();
     browser.goto(&format!("{base}/services/{web_id}"));
-    browser.wait_for("the service's tasks", Duration::from_secs(10), |b| b.count("table.tasks tbody tr") >= 5);
-    browser.wait_for("the service's logs", Duration::from_secs(30), |b| b.text("pre.logs").contains("whoami: listening"));
+    browser.wait_for("the service's tasks", Duration::from_secs(10), |b| {
+        b.count("table.tasks tbody tr") >= 5
+    });
+    browser.wait_for("the service's logs", Duration::from_secs(30), |b| {
+        b.text("pre.logs").contains("whoami: listening")
+    });
     browser.screenshot("11-service-tasks-and-logs");
     browser.goto(&format!("{base}/containers"));
     browser.click("table.containers a[href^=\"/containers/\"]");
-    browser.wait_for("a container's page", Duration::from_secs(10), |b| b.text("main h1").starts_with("Container "));
-    browser.wait_for("the container's logs", Duration::from_secs(30), |b| b.text("pre.logs").contains("whoami: listening"));
-    assert!(browser.text("pre.inspect").contains("com.docker.swarm.task.id"), "inspect shows the record");
+    browser.wait_for("a container's page", Duration::from_secs(10), |b| {
+        b.text("main h1").starts_with("Container ")
+    });
+    browser.wait_for("the container's logs", Duration::from_secs(30), |b| {
+        b.text("pre.logs").contains("whoami: listening")
+    });
+    assert!(
+        browser
+            .text("pre.inspect")
+            .contains("com.docker.swarm.task.id"),
+        "inspect shows the record"
+    );
 
     // The other pages answer after login.
-    for page in ["/", "/nodes", "/services", "/containers", "/images", "/networks", "/events", "/settings"] {
+    for page in [
+        "/",
+        "/nodes",
+        "/services",
+        "/containers",
+        "/images",
+        "/networks",
+        "/events",
+        "/settings",
+    ] {
         browser.goto(&format!("{base}{page}"));
-        browser.wait_for(&format!("page {page}"), Duration::from_secs(10), |b| b.count("main h1") == 1 && !b.text("main h1").contains("Not"));
+        browser.wait_for(&format!("page {page}"), Duration::from_secs(10), |b| {
+            b.count("main h1") == 1 && !b.text("main h1").contains("Not")
+        });
     }
-    assert!(browser.text("main").contains("Change the dashboard credential"));
+    assert!(browser
+        .text("main")
+        .contains("Change the dashboard credential"));
     browser.goto(&format!("{base}/events"));
-    assert!(browser.text("ol.events").contains("service web created"), "events: {}", browser.text("main"));
+    assert!(
+        browser.text("ol.events").contains("service web created"),
+        "events: {}",
+        browser.text("main")
+    );
     browser.screenshot("09-events");
     browser.goto(&format!("{base}/"));
     browser.screenshot("10-overview");
@@ -472,7 +721,13 @@ fn dashboard_in_chromium_on_a_three_node_lab() {
 }
 
 fn check_artifacts(dir: &Path) {
-    for name in ["01-login-refused", "02-visualizer-three-nodes", "04-visualizer-two-replicas", "05-visualizer-four-replicas", "07-visualizer-after-drain"] {
+    for name in [
+        "01-login-refused",
+        "02-visualizer-three-nodes",
+        "04-visualizer-two-replicas",
+        "05-visualizer-four-replicas",
+        "07-visualizer-after-drain",
+    ] {
         let path = dir.join(format!("{name}.png"));
         let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(data.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
