@@ -16,7 +16,8 @@ RUNS=${RUNS:-8}
 WRK_DURATION=${WRK_DURATION:-5s}
 LAT_DURATION=${LAT_DURATION:-3s}
 # Other users' compile jobs (nice 0) on this 2-CPU machine make req/s swing by ±30 % from one run to
-# the next; at nice -10 the measured processes get most of the CPU when they want it.
+# the next; at nice -10 wrk and the shim win against them, nginx only partly (it competes through its
+# container's cpu cgroup, whose weight stays the default).
 export MESH_NICE=${NICE:--10}
 TPUT_ARGS="-t${WRK_THREADS:-2} -c${WRK_CONNS:-32} -d$WRK_DURATION"
 LAT_ARGS="-t1 -c1 -d$LAT_DURATION"
@@ -99,18 +100,27 @@ bench_case() { # engine case target...
   log "$e, $c: wrk $LAT_ARGS ($RUNS runs per target)"
   $MH bench "$W/res/$e-$c-lat.json" "$RUNS" "$LAT_ARGS" "$W/report.lua" "$@" || echo "[$e] some $c runs failed" >&2
 }
-# renice the task's processes (the container's init = nginx master, its children) and its shim
-# (the container's parent), after checking that the shim belongs to this run (its command line
-# names MARK: the lab's or the Docker side's directory)
-boost_task() { # engine pid-of-container-init mark
+# The task's processes (the container's init = nginx master, its children) and its shim (the
+# container's parent), after checking that the shim belongs to this run (its command line names
+# MARK: the lab's or the Docker side's directory): reniced to NICE, and exported with the engine
+# daemon(s) of the task's node as MESH_PIDS, whose CPU time mesh_helper.py counts per request.
+task_pids() { # engine pid-of-container-init mark daemon-pid...
   local e=$1 pid=$2 mark=$3 shim pids
-  [ "$MESH_NICE" = 0 ] && return 0
+  shift 3
   shim=$(ps -o ppid= -p "$pid" | tr -d ' ')
-  tr '\0' ' ' <"/proc/$shim/cmdline" 2>/dev/null | grep -qF -- "$mark" || { echo "task's parent $shim is not ours: not reniced" >>"$W/res/$e-notes.txt"; return 0; }
+  if ! tr '\0' ' ' <"/proc/$shim/cmdline" 2>/dev/null | grep -qF -- "$mark"; then
+    echo "the task's parent ($shim) is not this run's shim: not reniced, CPU per request not counted" >>"$W/res/$e-notes.txt"
+    export MESH_PIDS=
+    return 0
+  fi
   pids="$pid $(pgrep -P "$pid" | tr '\n' ' ')$shim"
-  # shellcheck disable=SC2086
-  renice -n "$MESH_NICE" -p $pids >/dev/null
-  echo "nice $MESH_NICE for wrk and the task's processes: $(ps -o comm= -p "${pids// /,}" | tr '\n' ' ')(pids $pids)" >>"$W/res/$e-notes.txt"
+  if [ "$MESH_NICE" != 0 ]; then
+    # shellcheck disable=SC2086
+    renice -n "$MESH_NICE" -p $pids >/dev/null
+    echo "nice $MESH_NICE for wrk and the task's processes: $(ps -o comm= -p "${pids// /,}" | tr '\n' ' ')(pids $pids)" >>"$W/res/$e-notes.txt"
+  fi
+  export MESH_PIDS="$pids $*"
+  echo "CPU per request counts wrk, ksoftirqd and: $(ps -o comm= -p "${MESH_PIDS// /,}" | tr '\n' ' ')" >>"$W/res/$e-notes.txt"
 }
 path_note() { # engine netns dst: the route (device, MTU) the client takes to dst
   local dev mtu
@@ -132,7 +142,8 @@ for n in mgr1 wrk1; do sdk "$n" load -i "$IMGDIR/nginx/docker-archive.tar" >/dev
 sdk mgr1 service create -d -q --name web --constraint node.role==worker --replicas 1 --publish "$PORT:80" nginx >/dev/null
 $MH task "/run/shoal-lab/$LAB/mgr1/docker.sock" web 60 "$W/res/shoal-task.json" >&2
 TIP=$(python3 -c "import json;print(json.load(open('$W/res/shoal-task.json'))['ingress_ip'])")
-boost_task shoal "$(sdk wrk1 inspect -f '{{.State.Pid}}' "$(sdk wrk1 ps -q | head -1)")" "/run/shoal-lab/$LAB/"
+task_pids shoal "$(sdk wrk1 inspect -f '{{.State.Pid}}' "$(sdk wrk1 ps -q | head -1)")" "/run/shoal-lab/$LAB/" \
+  "$(python3 -c "import json;print([n['pid'] for n in json.load(open('/run/shoal-lab/$LAB/lab.json'))['nodes'] if n['name']=='wrk1'][0])")"
 HOSTLINK=$(python3 -c "import json;h=json.load(open('/run/shoal-lab/$LAB/lab.json')).get('host_link');print(h['addr'] if h else '')")
 for probe in "$NS_W http://$NET3.2:$PORT/" "$NS_W http://$TIP:80/" "$NS_M http://$NET3.1:$PORT/" "$NS_M http://$TIP:80/"; do
   # shellcheck disable=SC2086
@@ -183,7 +194,8 @@ docker_side() {
     || fail "service create failed: $(tr '\n' ' ' <"$W/docker-create.txt")"
   $MH task "$(dsl_sock mgr1)" web 120 "$W/res/docker-task.json" >&2 || fail "no running task with an ingress address after 120 s"
   TIP=$(python3 -c "import json;print(json.load(open('$W/res/docker-task.json'))['ingress_ip'])")
-  boost_task docker "$(dsl_dk wrk1 inspect -f '{{.State.Pid}}' "$(dsl_dk wrk1 ps -q | head -1)")" "$DSL_D/"
+  task_pids docker "$(dsl_dk wrk1 inspect -f '{{.State.Pid}}' "$(dsl_dk wrk1 ps -q | head -1)")" "$DSL_D/" \
+    "${DSL_PID[wrk1]}" $(pgrep -f -- "--config $DSL_D/wrk1/x/containerd/containerd.toml" || true)
   for c in local remote; do
     n=wrk1; [ "$c" = remote ] && n=mgr1
     ns=/run/netns/$DSL_P-$n

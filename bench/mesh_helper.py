@@ -16,6 +16,7 @@
 import datetime
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -62,6 +63,37 @@ def loadavg():
         return [float(x) for x in f.read().split()[:3]]
 
 
+def cpu_ns(pids):
+    """CPU time so far (ns, precise: schedstat) of all threads of PIDS."""
+    tot = 0
+    for pid in pids:
+        try:
+            for t in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                    tot += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return tot
+
+
+def ksoftirqd_pids():
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/comm") as f:
+                    if f.read().startswith("ksoftirqd/"):
+                        out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def children_cpu_s():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_wrk(netns, url, wrk_args, lua):
     cmd = ["wrk", *wrk_args.split(), "--latency", "-s", lua, url]
     if netns != "-":
@@ -69,7 +101,14 @@ def run_wrk(netns, url, wrk_args, lua):
     nice = os.environ.get("MESH_NICE", "0")
     if nice != "0":
         cmd = ["nice", "-n", nice, *cmd]
+    # CPU of everything that serves a request: wrk (this process' child), the task's processes and
+    # its shim (MESH_PIDS, plus the engine's log consumer for Docker), ksoftirqd. This kernel has no
+    # IRQ_TIME_ACCOUNTING, so softirq work done in a task's context is part of that task's time.
+    # Unlike req/s it barely depends on how much CPU other users' jobs take meanwhile.
+    pids = [int(x) for x in os.environ.get("MESH_PIDS", "").split()] + ksoftirqd_pids()
+    c0, w0 = cpu_ns(pids), children_cpu_s()
     p = subprocess.run(cmd, capture_output=True, text=True)
+    c1, w1 = cpu_ns(pids), children_cpu_s()
     res = None
     for line in p.stdout.splitlines():
         if line.startswith("WRKJSON "):
@@ -78,6 +117,9 @@ def run_wrk(netns, url, wrk_args, lua):
         return {"error": (p.stderr or p.stdout).strip()[-300:] or f"wrk exited {p.returncode}", "cmd": " ".join(cmd)}
     res["rps"] = res["requests"] / (res["duration_us"] / 1e6) if res["duration_us"] else None
     res["errors"] = sum(res[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+    res["cpu_server_s"] = (c1 - c0) / 1e9
+    res["cpu_wrk_s"] = w1 - w0
+    res["cpu_us_per_req"] = (res["cpu_server_s"] + res["cpu_wrk_s"]) * 1e6 / res["requests"] if res["requests"] else None
     return res
 
 
@@ -103,13 +145,14 @@ def cmd_bench(out, runs, wrk_args, lua, *targets):
                 print(f"  run {r + 1} {t['label']}: {w['error']}", file=sys.stderr)
             else:
                 print(f"  run {r + 1} {t['label']:<10} {w['rps']:>9.0f} req/s  p50 {w['p50_us'] / 1e3:.3f} ms  "
-                      f"p99 {w['p99_us'] / 1e3:.3f} ms  errors {w['errors']}", file=sys.stderr)
+                      f"p99 {w['p99_us'] / 1e3:.3f} ms  CPU {w['cpu_us_per_req']:.1f} µs/req  errors {w['errors']}", file=sys.stderr)
     res["load_after"] = loadavg()
     for t in tg:
         ok = [w for w in t["runs"] if "error" not in w]
         t["ok_runs"] = len(ok)
         if ok:
             t["rps_median"] = statistics.median(w["rps"] for w in ok)
+            t["cpu_us_per_req_median"] = statistics.median(w["cpu_us_per_req"] for w in ok)
             for k in ("p50_us", "p90_us", "p99_us", "p999_us"):
                 t[k.replace("_us", "_ms") + "_median"] = statistics.median(w[k] for w in ok) / 1e3
             t["errors"] = sum(w["errors"] for w in ok)
@@ -194,6 +237,11 @@ def cmd_summary(workdir, outdir):
                 v["rps_ratio_rounds"] = pr
                 v["rps_ratio"] = statistics.median(pr) if pr else None
                 v["rps_ratio_of_medians"] = ratio(tp.get("rps_median"), td.get("rps_median"))
+                # CPU cost: direct µs/req ÷ published µs/req per round = the req/s ratio the CPU allows
+                cr_ = [ratio(b.get("cpu_us_per_req"), a.get("cpu_us_per_req")) for a, b in zip(tp["runs"], td["runs"])
+                       if "error" not in a and "error" not in b]
+                v["cpu_ratio_rounds"] = cr_
+                v["cpu_ratio"] = statistics.median(cr_) if cr_ else None
             lp, ld = tgt(cr.get("lat"), pl), tgt(cr.get("lat"), dl)
             if lp and ld and lp.get("p99_ms_median") is not None and ld.get("p99_ms_median") is not None:
                 pairs = [(a, b) for a, b in zip(lp["runs"], ld["runs"]) if "error" not in a and "error" not in b]
@@ -217,13 +265,15 @@ def cmd_summary(workdir, outdir):
         f"Throughput: `wrk {meta.get('tput_args', '?')}`; latency: `wrk {meta.get('lat_args', '?')}`; "
         f"{meta.get('runs', '?')} rounds each; a round runs published and direct back to back (order reversed every",
         "other round). Ratio and added latency: median over the rounds of the round's ratio / difference (range in",
-        "brackets); req/s and percentiles: medians over the rounds."
+        "brackets); req/s and percentiles: medians over the rounds. CPU µs/req: CPU time of wrk, the task's processes,",
+        "its shim (Docker: also the node's dockerd and containerd, which take the task's log) and ksoftirqd per request;",
+        "direct/pub of it is the req/s ratio the CPU cost allows, and unlike req/s it hardly moves with other users' load."
         + (f" wrk, the task's processes and its shim ran at nice {meta['nice']}." if meta.get("nice") else ""),
         "",
     ]
     L += [
-        "| engine | case (client) | published req/s | direct req/s | ratio pub/direct (target ≥ 0.90) | p50 pub / direct (ms) | p99 pub / direct (ms) | added p99 (ms) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| engine | case (client) | published req/s | direct req/s | ratio pub/direct (target ≥ 0.90) | CPU µs/req pub / direct → direct/pub | p50 pub / direct (ms) | p99 pub / direct (ms) | added p99 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def case_label(c):
@@ -231,6 +281,15 @@ def cmd_summary(workdir, outdir):
             if k == c:
                 return f"{a} ({b})"
         return c
+
+    def cpu_cell(tp, td, v):
+        a, b = tp and tp.get("cpu_us_per_req_median"), td and td.get("cpu_us_per_req_median")
+        c = v.get("cpu_ratio")
+        if a is None and b is None:
+            return "n/a"
+        cr_ = v.get("cpu_ratio_rounds") or []
+        rng = f" ({min(cr_):.2f}–{max(cr_):.2f})" if cr_ else ""
+        return f"{fnum(a, 1)} / {fnum(b, 1)}" + (f" → {c:.2f}{rng}" if c is not None else "")
 
     def ok(v, good):
         return "" if v is None else (" ✓" if good else " ✗")
@@ -256,6 +315,7 @@ def cmd_summary(workdir, outdir):
                     L.append(
                         f"| {e} | {label}: wrk1:8001 (task local) vs mgr1:8001 (DNAT + VXLAN) | {fnum(tr.get('rps_median'))} (mgr1) "
                         f"| {fnum(tl.get('rps_median'))} (wrk1) | {fnum(rr, 2)}{rng} mgr1/wrk1 (no direct route to the overlay from outside) "
+                        f"| {cpu_cell(tr, tl, v)} "
                         f"| {fnum(tr.get('p50_ms_median'), 3)} / {fnum(tl.get('p50_ms_median'), 3)} "
                         f"| {fnum(tr.get('p99_ms_median'), 3)} / {fnum(tl.get('p99_ms_median'), 3)} "
                         f"| {fnum(v.get('added_p99_ms_tput'), 3)} (mgr1 − wrk1) |"
@@ -279,7 +339,7 @@ def cmd_summary(workdir, outdir):
                 rr = "—"
             a99 = v.get("added_p99_ms_tput")
             L.append(
-                f"| {e} | {label} | {pub_rps} | {fnum(td and td.get('rps_median'))} | {rr} "
+                f"| {e} | {label} | {pub_rps} | {fnum(td and td.get('rps_median'))} | {rr} | {cpu_cell(tp, td, v)} "
                 f"| {fnum(tp and tp.get('p50_ms_median'), 3)} / {fnum(td and td.get('p50_ms_median'), 3)} "
                 f"| {fnum(tp and tp.get('p99_ms_median'), 3)} / {fnum(td and td.get('p99_ms_median'), 3)} "
                 f"| {fnum(a99, 3)} |"
