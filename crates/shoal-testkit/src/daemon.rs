@@ -195,6 +195,15 @@ impl Daemon {
 
     /// Like [`Daemon::docker`] but asserts success and returns stdout; on failure panics with
     /// the command, its stdout/stderr and the daemon log tail.
+    /// Runs `docker args…`, asserting that it fails with `needle` in its stderr.
+    pub fn docker_fails(&self, args: &[&str], needle: &str) -> Output {
+        let out = self.docker(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "`docker {}` should fail", args.join(" "));
+        assert!(stderr.contains(needle), "`docker {}`: expected {needle:?} in stderr, got: {stderr}", args.join(" "));
+        out
+    }
+
     pub fn docker_ok<I, S>(&self, args: I) -> String
     where
         I: IntoIterator<Item = S>,

@@ -25,4 +25,4 @@ pub use http::{http_get, http_request, HttpResponse};
 pub use image::{ImageConfig, Layer, TestImage};
 pub use netns::{Lab, Netns};
 pub use registry::Registry;
-pub use util::{ensure_packages, random_hex, sha256_file, sha256_hex, test_images_dir, wait_until, workspace_root};
+pub use util::{ensure_packages, random_hex, running_as_root, sha256_file, sha256_hex, test_images_dir, wait_until, workspace_root};

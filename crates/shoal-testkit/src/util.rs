@@ -181,3 +181,14 @@ pub(crate) fn tmp_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".tmp-{name}-{}-{}", std::process::id(), random_hex(4)))
 }
+
+/// True when running as root; otherwise prints why `what` is skipped (root integration tests
+/// skip themselves rather than fail for an unprivileged `cargo test`).
+pub fn running_as_root(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("SKIP: {what} need root");
+        false
+    }
+}

@@ -9,23 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use shoal_testkit::{ensure_packages, wait_until, Daemon, DaemonOpts, Lab, TestImage};
-
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP: multi-node tests need root");
-        false
-    }
-}
-
-fn fails_with(d: &Daemon, args: &[&str], needle: &str) {
-    let out = d.docker(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "`docker {}` should fail", args.join(" "));
-    assert!(stderr.contains(needle), "`docker {}`: expected {needle:?} in: {stderr}", args.join(" "));
-}
+use shoal_testkit::{running_as_root, ensure_packages, wait_until, Daemon, DaemonOpts, Lab, TestImage};
 
 fn certs_dir(d: &Daemon) -> PathBuf {
     d.data_root().join("swarm").join("certificates")
@@ -79,7 +63,7 @@ fn token_parts(token: &str) -> (String, String) {
 
 #[test]
 fn cert_expiry_renewal_and_root_rotation() {
-    if !root() {
+    if !running_as_root("certificate tests") {
         return;
     }
     ensure_packages(&["busybox-static", "nftables", "iproute2", "openssl"]);
@@ -115,7 +99,7 @@ fn cert_expiry_renewal_and_root_rotation() {
 
     // --cert-expiry: Docker's minimum, `docker info`, and nodes renewing onto the shorter expiry.
     assert!(valid_for(&wdir, 30 * 24 * 3600) && valid_for(&mdir, 30 * 24 * 3600), "90-day certificates at first");
-    fails_with(m, &["swarm", "update", "--cert-expiry", "30m"], "minimum certificate expiry time is: 1h0m0s");
+    m.docker_fails(&["swarm", "update", "--cert-expiry", "30m"], "minimum certificate expiry time is: 1h0m0s");
     m.docker_ok(["swarm", "update", "--cert-expiry", "2h"]);
     let info = m.docker_ok(["info"]);
     assert!(info.contains("Expiry Duration: 2 hours"), "{info}");
@@ -201,8 +185,7 @@ fn cert_expiry_renewal_and_root_rotation() {
         "-config", cnf.to_str().unwrap(), "-out", ops_crt.to_str().unwrap(),
     ]));
     let m = &nodes[0];
-    fails_with(
-        m,
+    m.docker_fails(
         &["swarm", "ca", "--rotate", "--ca-key", ops_key.to_str().unwrap()],
         "if a signing CA key is provided, the signing CA cert must also be provided",
     );

@@ -19,21 +19,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use shoal_testkit::{
+use shoal_testkit::{running_as_root, 
     ensure_packages, wait_until, workspace_root, Daemon, DaemonOpts, Lab, Netns, TestImage,
 };
 
 const DRIVER_PORT: u16 = 9515;
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP: dashboard tests need root");
-        false
-    }
-}
 
 fn artifacts() -> PathBuf {
     let dir = workspace_root().join("target/test-artifacts/dashboard");
@@ -409,7 +400,7 @@ fn credential(manager: &Daemon) -> String {
 
 #[test]
 fn dashboard_in_chromium_on_a_three_node_lab() {
-    if !root() {
+    if !running_as_root("dashboard tests") {
         return;
     }
     ensure_packages(&[

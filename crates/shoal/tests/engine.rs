@@ -4,16 +4,7 @@
 
 use std::time::Duration;
 
-use shoal_testkit::{ensure_packages, http_get, wait_until, Compression, Daemon, DaemonOpts, Netns, Registry, TestImage};
-
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP: engine tests need root");
-        false
-    }
-}
+use shoal_testkit::{running_as_root, ensure_packages, http_get, wait_until, Compression, Daemon, DaemonOpts, Netns, Registry, TestImage};
 
 fn start_daemon(prefix: &str) -> Daemon {
     ensure_packages(&["busybox-static", "nginx", "nftables", "iproute2", "tini"]);
@@ -23,14 +14,6 @@ fn start_daemon(prefix: &str) -> Daemon {
 
 fn load(d: &Daemon, archive: &std::path::Path) -> String {
     d.docker_ok(["load", "-i", archive.to_str().unwrap()])
-}
-
-fn fails_with(d: &Daemon, args: &[&str], needle: &str) -> std::process::Output {
-    let out = d.docker(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "`docker {}` should fail", args.join(" "));
-    assert!(stderr.contains(needle), "`docker {}`: expected {needle:?} in stderr, got: {stderr}", args.join(" "));
-    out
 }
 
 fn get(netns: &Netns, url: &str) -> Option<String> {
@@ -51,7 +34,7 @@ fn wait_http(netns: &Netns, url: &str, needle: &str) -> String {
 /// daemon → still serving and controllable → rm -f.
 #[test]
 fn nginx_story_with_live_restore() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     let mut d = start_daemon("shoal-story");
@@ -123,7 +106,7 @@ fn nginx_story_with_live_restore() {
 
 #[test]
 fn run_rm_prints_and_cleans_up() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     let d = start_daemon("shoal-runrm");
@@ -175,7 +158,7 @@ fn run_rm_prints_and_cleans_up() {
 
 #[test]
 fn daemon_refuses_an_exec_root_too_long_for_socket_paths() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     let long = format!("/tmp/shoal-long-exec-root-{}-{}", std::process::id(), "x".repeat(48));
@@ -208,7 +191,7 @@ fn daemon_refuses_to_run_without_root() {
 
 #[test]
 fn limits_are_enforced_by_cgroups() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     let d = start_daemon("shoal-limits");
@@ -250,7 +233,7 @@ fn limits_are_enforced_by_cgroups() {
 
 #[test]
 fn restart_policies_apply_live_and_after_daemon_death() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     let mut d = start_daemon("shoal-restart");
@@ -274,7 +257,7 @@ fn restart_policies_apply_live_and_after_daemon_death() {
 
 #[test]
 fn image_formats_tags_history_and_import() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     let d = start_daemon("shoal-images");
@@ -305,7 +288,7 @@ fn image_formats_tags_history_and_import() {
 
 #[test]
 fn pull_from_a_local_registry() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     ensure_packages(&["docker-registry", "skopeo"]);
@@ -315,21 +298,21 @@ fn pull_from_a_local_registry() {
     let out = d.docker_ok(["pull", "127.0.0.1:5000/test/busybox"]);
     assert!(out.contains("Downloaded newer image") || out.contains("127.0.0.1:5000/test/busybox"), "{out}");
     assert_eq!(d.docker_ok(["run", "--rm", "127.0.0.1:5000/test/busybox", "echo", "pulled"]), "pulled\n");
-    fails_with(&d, &["pull", "127.0.0.1:5000/test/nope"], "Error response from daemon");
+    d.docker_fails(&["pull", "127.0.0.1:5000/test/nope"], "Error response from daemon");
 }
 
 #[test]
 fn bad_inputs_get_docker_errors() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     let d = start_daemon("shoal-errors");
     load(&d, &TestImage::busybox().docker_archive());
-    fails_with(&d, &["create", "--pull", "never", "nosuchimage"], "No such image: nosuchimage:latest");
-    fails_with(&d, &["create", "--name", "a b", "busybox"], "Invalid container name");
-    fails_with(&d, &["start", "nosuch"], "No such container: nosuch");
-    fails_with(&d, &["run", "-m", "1m", "busybox", "true"], "Minimum memory limit allowed is 6MB");
-    fails_with(&d, &["run", "--rm", "--restart", "always", "busybox", "true"], "conflicting options");
+    d.docker_fails(&["create", "--pull", "never", "nosuchimage"], "No such image: nosuchimage:latest");
+    d.docker_fails(&["create", "--name", "a b", "busybox"], "Invalid container name");
+    d.docker_fails(&["start", "nosuch"], "No such container: nosuch");
+    d.docker_fails(&["run", "-m", "1m", "busybox", "true"], "Minimum memory limit allowed is 6MB");
+    d.docker_fails(&["run", "--rm", "--restart", "always", "busybox", "true"], "conflicting options");
     let out = d.docker(["run", "--name", "nocmd", "busybox", "nosuchcmd"]);
     assert_eq!(out.status.code(), Some(127), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found"));
@@ -338,16 +321,16 @@ fn bad_inputs_get_docker_errors() {
     assert_eq!(out.status.code(), Some(127), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(d.docker(["inspect", "gone"]).status.code() == Some(1), "the --rm container is removed");
     d.docker_ok(["run", "-d", "--name", "busy", "busybox", "sleep", "1000"]);
-    fails_with(&d, &["run", "-d", "--name", "busy", "busybox", "true"], "is already in use");
-    fails_with(&d, &["rm", "busy"], "container is running");
-    fails_with(&d, &["rmi", "busybox"], "conflict");
+    d.docker_fails(&["run", "-d", "--name", "busy", "busybox", "true"], "is already in use");
+    d.docker_fails(&["rm", "busy"], "container is running");
+    d.docker_fails(&["rmi", "busybox"], "conflict");
     d.docker_ok(["stop", "-t", "1", "busy"]);
-    fails_with(&d, &["exec", "busy", "true"], "is not running");
-    fails_with(&d, &["kill", "busy"], "is not running");
+    d.docker_fails(&["exec", "busy", "true"], "is not running");
+    d.docker_fails(&["kill", "busy"], "is not running");
     let garbage = d.dir().join("garbage.tar");
     std::fs::write(&garbage, b"this is not a tar archive at all, not even close............").unwrap();
-    fails_with(&d, &["load", "-i", garbage.to_str().unwrap()], "invalid archive");
-    fails_with(&d, &["cp", "busy:/nope/nothing", d.dir().to_str().unwrap()], "Could not find the file");
+    d.docker_fails(&["load", "-i", garbage.to_str().unwrap()], "invalid archive");
+    d.docker_fails(&["cp", "busy:/nope/nothing", d.dir().to_str().unwrap()], "Could not find the file");
     // The API itself: version bounds, unknown routes, filter errors, all as JSON messages.
     let r = d.request("GET", "/v1.12/info", None).unwrap();
     assert_eq!(r.status, 400);
@@ -371,7 +354,7 @@ fn bad_inputs_get_docker_errors() {
 
 #[test]
 fn interactive_exec_and_run_with_a_tty() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     let d = start_daemon("shoal-tty");
@@ -417,7 +400,7 @@ fn interactive_exec_and_run_with_a_tty() {
 
 #[test]
 fn tcp_listener_detached_exec_and_udp_ports() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     ensure_packages(&["busybox-static", "nftables", "iproute2"]);
@@ -444,7 +427,7 @@ fn tcp_listener_detached_exec_and_udp_ports() {
 /// after the daemon was killed.
 #[test]
 fn healthchecks_like_docker() {
-    if !root() {
+    if !running_as_root("engine tests") {
         return;
     }
     let mut d = start_daemon("shoal-health");
@@ -490,8 +473,8 @@ fn healthchecks_like_docker() {
     let s = status(&d, "plain");
     assert!(s.starts_with("Up ") && !s.contains('('), "{s}");
     assert_eq!(health_filter(&d, "none").trim(), "plain");
-    fails_with(&d, &["ps", "--filter", "health=bogus"], "Unrecognised filter value for health: bogus");
-    fails_with(&d, &["run", "-d", "--health-cmd", "true", "--health-interval", "500us", "busybox", "true"], "Interval in Healthcheck cannot be less than 1ms");
+    d.docker_fails(&["ps", "--filter", "health=bogus"], "Unrecognised filter value for health: bogus");
+    d.docker_fails(&["run", "-d", "--health-cmd", "true", "--health-interval", "500us", "busybox", "true"], "Interval in Healthcheck cannot be less than 1ms");
 
     // A restart resets the health to starting; the probe loop runs again.
     d.docker_ok(["exec", "hc", "rm", "/tmp/ok"]);

@@ -8,26 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use shoal_testkit::{ensure_packages, wait_until, Daemon, DaemonOpts, Lab, TestImage};
+use shoal_testkit::{running_as_root, ensure_packages, wait_until, Daemon, DaemonOpts, Lab, TestImage};
 
 /// Generous guards: elections, joins and role changes take seconds; a loaded machine more.
 const SOON: Duration = Duration::from_secs(90);
-
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP: multi-manager tests need root");
-        false
-    }
-}
-
-fn fails_with(d: &Daemon, args: &[&str], needle: &str) {
-    let out = d.docker(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "`docker {}` should fail", args.join(" "));
-    assert!(stderr.contains(needle), "`docker {}`: expected {needle:?} in: {stderr}", args.join(" "));
-}
 
 /// What `node ls` shows on `d`: node ID → (STATUS, MANAGER STATUS); `None` if it fails.
 fn node_table(d: &Daemon) -> Option<BTreeMap<String, (String, String)>> {
@@ -69,7 +53,7 @@ fn leader(d: &Daemon) -> Option<String> {
 
 #[test]
 fn three_managers_share_the_work_and_fail_over() {
-    if !root() {
+    if !running_as_root("multi-manager tests") {
         return;
     }
     ensure_packages(&["busybox-static", "nftables", "iproute2"]);
@@ -118,7 +102,7 @@ fn three_managers_share_the_work_and_fail_over() {
         assert!(out.contains("Is Manager: true") && out.contains("Managers: 3"), "node {}: {out}", i + 1);
     }
     assert_eq!(info(&nodes[3], "ControlAvailable"), "false");
-    fails_with(&nodes[3], &["node", "ls"], "This node is not a swarm manager.");
+    nodes[3].docker_fails(&["node", "ls"], "This node is not a swarm manager.");
 
     // a service created on a follower runs
     nodes[1].docker_ok(["service", "create", "-d", "--name", "sleeper", "--replicas", "4", "busybox", "sleep", "1000"]);
@@ -130,8 +114,8 @@ fn three_managers_share_the_work_and_fail_over() {
     assert_eq!(tasks_running(&nodes[2], "sleeper"), Some(4), "the other follower's replica");
 
     // a manager must be demoted before it is removed, and leaves only with --force
-    fails_with(&nodes[0], &["node", "rm", "--force", &ids[2]], "It must be demoted to worker before removal");
-    fails_with(&nodes[1], &["swarm", "leave"], "You are attempting to leave the swarm on a node that is participating as a manager.");
+    nodes[0].docker_fails(&["node", "rm", "--force", &ids[2]], "It must be demoted to worker before removal");
+    nodes[1].docker_fails(&["swarm", "leave"], "You are attempting to leave the swarm on a node that is participating as a manager.");
 
     // demote node 3 (asked on a follower), then promote it again
     let out = nodes[1].docker_ok(["node", "demote", &ids[2]]);
@@ -142,7 +126,7 @@ fn three_managers_share_the_work_and_fail_over() {
             && info(&nodes[0], "Managers") == "2"
     });
     assert!(demoted, "after demote:\n{}\nnode 3 log:\n{}", table_text(&nodes[0]), nodes[2].log_tail());
-    fails_with(&nodes[2], &["node", "ls"], "This node is not a swarm manager.");
+    nodes[2].docker_fails(&["node", "ls"], "This node is not a swarm manager.");
     let out = nodes[0].docker(["info"]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("Running Swarm in a two-manager configuration"), "{text}");

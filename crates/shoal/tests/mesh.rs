@@ -11,16 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_testkit::{ensure_packages, wait_until, Daemon, DaemonOpts, Lab, Netns, TestImage};
-
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP: mesh tests need root");
-        false
-    }
-}
+use shoal_testkit::{running_as_root, ensure_packages, wait_until, Daemon, DaemonOpts, Lab, Netns, TestImage};
 
 /// One HTTP/1.0 GET from inside `netns` (a fresh connection each time); the body, or the error.
 fn get(netns: &Netns, addr: Ipv4Addr, port: u16) -> Result<String, String> {
@@ -57,7 +48,7 @@ fn containers(d: &Daemon, service: &str) -> Vec<String> {
 
 #[test]
 fn routing_mesh_round_robin_from_every_node() {
-    if !root() {
+    if !running_as_root("mesh tests") {
         return;
     }
     ensure_packages(&["busybox-static", "nftables", "iproute2"]);
@@ -216,7 +207,7 @@ fn vip(manager: &Daemon, service: &str) -> String {
 
 #[test]
 fn overlay_network_service_discovery_and_vip() {
-    if !root() {
+    if !running_as_root("mesh tests") {
         return;
     }
     ensure_packages(&["busybox-static", "nftables", "iproute2"]);

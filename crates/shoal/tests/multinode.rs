@@ -7,23 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use shoal_testkit::{ensure_packages, wait_until, Daemon, DaemonOpts, Lab, TestImage};
-
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP: multi-node tests need root");
-        false
-    }
-}
-
-fn fails_with(d: &Daemon, args: &[&str], needle: &str) {
-    let out = d.docker(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "`docker {}` should fail", args.join(" "));
-    assert!(stderr.contains(needle), "`docker {}`: expected {needle:?} in: {stderr}", args.join(" "));
-}
+use shoal_testkit::{running_as_root, ensure_packages, wait_until, Daemon, DaemonOpts, Lab, TestImage};
 
 /// Running containers of `service` on this node.
 fn running(d: &Daemon, service: &str) -> usize {
@@ -52,7 +36,7 @@ fn local_state(d: &Daemon) -> String {
 
 #[test]
 fn multinode_join_schedule_drain_and_node_failure() {
-    if !root() {
+    if !running_as_root("multi-node tests") {
         return;
     }
     ensure_packages(&["busybox-static", "nftables", "iproute2"]);
@@ -77,9 +61,9 @@ fn multinode_join_schedule_drain_and_node_failure() {
 
     // a wrong secret and a token naming another CA are refused; node 4 stays out
     let wrong_secret = format!("{prefix}-{}", if secret.starts_with('0') { "1".repeat(25) } else { "0".repeat(25) });
-    fails_with(&nodes[3], &["swarm", "join", "--token", &wrong_secret, &manager_addr], "A valid join token is necessary to join this cluster");
+    nodes[3].docker_fails(&["swarm", "join", "--token", &wrong_secret, &manager_addr], "A valid join token is necessary to join this cluster");
     let foreign_ca = format!("SWMTKN-1-{}-{secret}", "1".repeat(50));
-    fails_with(&nodes[3], &["swarm", "join", "--token", &foreign_ca, &manager_addr], "remote CA does not match fingerprint");
+    nodes[3].docker_fails(&["swarm", "join", "--token", &foreign_ca, &manager_addr], "remote CA does not match fingerprint");
     assert_eq!(local_state(&nodes[3]), "inactive");
 
     // the cluster port speaks TLS only: a plaintext request gets no HTTP answer
@@ -117,7 +101,7 @@ fn multinode_join_schedule_drain_and_node_failure() {
     assert_eq!(nodes[0].docker_ok(["node", "inspect", &w1, "--format", "{{.Status.Addr}}"]).trim(), lab.addr(1).to_string());
 
     // a worker is not a manager
-    fails_with(&nodes[1], &["node", "ls"], "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state.");
+    nodes[1].docker_fails(&["node", "ls"], "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state.");
     assert!(nodes[0].docker_ok(["info", "--format", "{{.Swarm.ControlAvailable}}"]).contains("true"));
     assert!(nodes[1].docker_ok(["info", "--format", "{{.Swarm.ControlAvailable}}"]).contains("false"));
 

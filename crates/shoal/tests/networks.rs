@@ -5,16 +5,7 @@
 
 use std::time::Duration;
 
-use shoal_testkit::{ensure_packages, wait_until, Daemon, DaemonOpts, Lab, Netns, TestImage};
-
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP: network tests need root");
-        false
-    }
-}
+use shoal_testkit::{running_as_root, ensure_packages, wait_until, Daemon, DaemonOpts, Lab, Netns, TestImage};
 
 /// Runs `docker args`, expects failure with exit code 1 and `needle` on stderr.
 fn fails_with(d: &Daemon, args: &[&str], needle: &str) {
@@ -45,7 +36,7 @@ const LOCAL: [&str; 3] = ["bridge bridge local", "host host local", "none null l
 
 #[test]
 fn local_and_swarm_networks_through_the_cli() {
-    if !root() {
+    if !running_as_root("network tests") {
         return;
     }
     ensure_packages(&["busybox-static", "nftables", "iproute2"]);
@@ -187,7 +178,7 @@ fn local_and_swarm_networks_through_the_cli() {
 
 #[test]
 fn workers_see_local_networks_and_cannot_create_overlays() {
-    if !root() {
+    if !running_as_root("network tests") {
         return;
     }
     ensure_packages(&["busybox-static", "nftables", "iproute2"]);

@@ -3,16 +3,7 @@
 
 use std::time::Duration;
 
-use shoal_testkit::{ensure_packages, wait_until, Daemon, DaemonOpts, Netns, TestImage};
-
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP: swarm tests need root");
-        false
-    }
-}
+use shoal_testkit::{running_as_root, ensure_packages, wait_until, Daemon, DaemonOpts, Netns, TestImage};
 
 fn start(prefix: &str) -> Daemon {
     ensure_packages(&["busybox-static", "nginx", "nftables", "iproute2"]);
@@ -21,13 +12,6 @@ fn start(prefix: &str) -> Daemon {
     d.docker_ok(["load", "-i", TestImage::nginx().docker_archive().to_str().unwrap()]);
     d.docker_ok(["load", "-i", TestImage::busybox().docker_archive().to_str().unwrap()]);
     d
-}
-
-fn fails_with(d: &Daemon, args: &[&str], needle: &str) {
-    let out = d.docker(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "`docker {}` should fail", args.join(" "));
-    assert!(stderr.contains(needle), "`docker {}`: expected {needle:?} in: {stderr}", args.join(" "));
 }
 
 /// Running task containers of a service, as `docker ps` names them.
@@ -50,16 +34,16 @@ fn running_tasks(d: &Daemon, service: &str) -> usize {
 
 #[test]
 fn single_node_swarm_story() {
-    if !root() {
+    if !running_as_root("swarm tests") {
         return;
     }
     let mut d = start("shoal-swarm");
-    fails_with(&d, &["service", "ls"], "This node is not a swarm manager");
+    d.docker_fails(&["service", "ls"], "This node is not a swarm manager");
 
     let out = d.docker_ok(["swarm", "init", "--advertise-addr", "127.0.0.1"]);
     assert!(out.contains("Swarm initialized: current node ("), "{out}");
     assert!(out.contains("docker swarm join --token SWMTKN-1-") && out.contains("127.0.0.1:2377"), "{out}");
-    fails_with(&d, &["swarm", "init", "--advertise-addr", "127.0.0.1"], "already part of a swarm");
+    d.docker_fails(&["swarm", "init", "--advertise-addr", "127.0.0.1"], "already part of a swarm");
 
     let nodes = d.docker_ok(["node", "ls", "--format", "{{.Self}} {{.Status}} {{.Availability}} {{.ManagerStatus}}"]);
     assert_eq!(nodes.trim(), "true Ready Active Leader");
@@ -137,24 +121,24 @@ fn single_node_swarm_story() {
 
 #[test]
 fn swarm_bad_input_gets_docker_errors() {
-    if !root() {
+    if !running_as_root("swarm tests") {
         return;
     }
     let d = start("shoal-swarm-bad");
     d.docker_ok(["swarm", "init", "--advertise-addr", "127.0.0.1"]);
     d.docker_ok(["service", "create", "-d", "--name", "one", "--publish", "8001:80", "nginx"]);
-    fails_with(&d, &["service", "create", "-d", "--name", "one", "nginx"], "already exists");
-    fails_with(&d, &["service", "create", "-d", "--name", "two", "--constraint", "node.role=worker", "nginx"], "constraint expected one operator");
-    fails_with(&d, &["service", "create", "-d", "--name", "three", "--constraint", "node.nope==x", "nginx"], "InvalidArgument");
-    fails_with(&d, &["service", "create", "-d", "--name", "four", "--publish", "8001:80", "nginx"], "is already in use by service 'one'");
-    fails_with(&d, &["service", "create", "-d", "--name", "five", "--restart-delay", "-5s", "nginx"], "cannot be negative");
-    fails_with(&d, &["service", "create", "-d", "--name", "six", "127.0.0.1:1/no/such:image"], "not found");
-    fails_with(&d, &["service", "create", "-d", "--name", "bad name!", "nginx"], "InvalidArgument");
-    fails_with(&d, &["service", "update", "-d", "--image", "127.0.0.1:1/no/such:image", "one"], "not found");
-    fails_with(&d, &["service", "rollback", "-d", "one"], "does not have a previous spec");
-    fails_with(&d, &["service", "inspect", "nope"], "no such service: nope");
-    fails_with(&d, &["node", "rm", "self"], "must be demoted");
-    fails_with(&d, &["node", "demote", "self"], "last manager");
+    d.docker_fails(&["service", "create", "-d", "--name", "one", "nginx"], "already exists");
+    d.docker_fails(&["service", "create", "-d", "--name", "two", "--constraint", "node.role=worker", "nginx"], "constraint expected one operator");
+    d.docker_fails(&["service", "create", "-d", "--name", "three", "--constraint", "node.nope==x", "nginx"], "InvalidArgument");
+    d.docker_fails(&["service", "create", "-d", "--name", "four", "--publish", "8001:80", "nginx"], "is already in use by service 'one'");
+    d.docker_fails(&["service", "create", "-d", "--name", "five", "--restart-delay", "-5s", "nginx"], "cannot be negative");
+    d.docker_fails(&["service", "create", "-d", "--name", "six", "127.0.0.1:1/no/such:image"], "not found");
+    d.docker_fails(&["service", "create", "-d", "--name", "bad name!", "nginx"], "InvalidArgument");
+    d.docker_fails(&["service", "update", "-d", "--image", "127.0.0.1:1/no/such:image", "one"], "not found");
+    d.docker_fails(&["service", "rollback", "-d", "one"], "does not have a previous spec");
+    d.docker_fails(&["service", "inspect", "nope"], "no such service: nope");
+    d.docker_fails(&["node", "rm", "self"], "must be demoted");
+    d.docker_fails(&["node", "demote", "self"], "last manager");
     // A stale version is refused, and nothing was written by any of the above.
     let r = d.request("POST", "/v1.50/services/one/update?version=1", Some(r#"{"Name":"one","TaskTemplate":{"ContainerSpec":{"Image":"nginx"}}}"#)).unwrap();
     assert_eq!(r.status, 500);
@@ -171,7 +155,7 @@ fn swarm_bad_input_gets_docker_errors() {
 /// `ErrContainerUnhealthy` cause; a task whose probe passes becomes RUNNING and converges.
 #[test]
 fn swarm_healthchecks_gate_running() {
-    if !root() {
+    if !running_as_root("swarm tests") {
         return;
     }
     let d = start("shoal-swarm-health");
