@@ -26,6 +26,9 @@ pub enum Assignment {
     NetworkMap(NetworkMap),
     /// A manager wants the logs of some of this node's tasks ([`ControlPlane::publish_logs`]).
     Logs(crate::remote::wire::LogSubscription),
+    /// A manager wants the record of one of this node's task containers
+    /// ([`ControlPlane::answer_inspect`]).
+    Inspect(crate::remote::wire::TaskInspectRequest),
 }
 
 /// Why a control-plane call failed. The agent retries with back-off in both cases.
@@ -56,6 +59,12 @@ pub trait ControlPlane: Send + Sync + 'static {
     fn publish_logs(&self, batch: crate::remote::wire::LogBatch) -> BoxFuture<'_, Result<bool, ControlError>> {
         let _ = batch;
         Box::pin(async { Err(ControlError::Failed("this control plane does not collect logs".into())) })
+    }
+
+    /// Answers an [`Assignment::Inspect`]. Like logs, only remote control planes ask.
+    fn answer_inspect(&self, answer: crate::remote::wire::TaskInspectAnswer) -> BoxFuture<'_, Result<(), ControlError>> {
+        let _ = answer;
+        Box::pin(async { Err(ControlError::Failed("this control plane does not inspect remote containers".into())) })
     }
 }
 

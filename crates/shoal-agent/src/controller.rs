@@ -23,6 +23,11 @@ pub(crate) fn task_containers(engine: &Engine, task_id: &str) -> Vec<ContainerRe
         .collect()
 }
 
+/// The newest container of `task_id` on this engine.
+pub fn task_container(engine: &Engine, task_id: &str) -> Option<ContainerRecord> {
+    task_containers(engine, task_id).into_iter().max_by_key(|r| r.created)
+}
+
 fn is_running(rec: &ContainerRecord) -> bool {
     matches!(rec.state.status, Status::Running | Status::Restarting)
 }

@@ -40,6 +40,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
+pub use controller::task_container;
 pub use control::{record_status, Assignment, ControlError, ControlPlane, LocalControlPlane};
 pub use remote::RemoteControlPlane;
 pub use spec::TemplateContext;
@@ -161,6 +162,15 @@ impl State {
             }
             Assignment::Logs(sub) => {
                 self.cleanups.spawn(logs::publish(self.engine.clone(), self.control.clone(), sub));
+            }
+            Assignment::Inspect(req) => {
+                let answer = logs::inspect(&self.engine, req);
+                let control = self.control.clone();
+                self.cleanups.spawn(async move {
+                    if let Err(e) = control.answer_inspect(answer).await {
+                        tracing::debug!(error = %e, "answering a container inspect failed");
+                    }
+                });
             }
         }
     }

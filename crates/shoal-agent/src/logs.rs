@@ -1,7 +1,8 @@
 //! Publishing this node's task logs to a manager that subscribed to them (`docker service logs`
 //! run on a manager for tasks that live here): each task container's log is read from the engine
 //! (tail, since, follow as asked), and lines go to the manager in batches until the
-//! subscription is done or no longer wanted.
+//! subscription is done or no longer wanted. Also the one-shot answer to a manager's inspect of
+//! a task container.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,22 @@ use tracing::{debug, warn};
 
 use crate::control::ControlPlane;
 use crate::controller::task_containers;
-use crate::remote::wire::{LogBatch, LogEntry, LogSubscription};
+use crate::remote::wire::{LogBatch, LogEntry, LogSubscription, TaskInspectAnswer, TaskInspectRequest};
 
 /// Lines per batch, and how long a partial batch may wait.
 const BATCH_LINES: usize = 200;
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// The engine's record of the (newest) container of the requested task, as JSON.
+pub(crate) fn inspect(engine: &Engine, req: TaskInspectRequest) -> TaskInspectAnswer {
+    let mut answer = TaskInspectAnswer { request_id: req.id, ..TaskInspectAnswer::default() };
+    match crate::controller::task_container(engine, &req.task_id).map(|rec| serde_json::to_value(&rec)) {
+        Some(Ok(v)) => answer.container = Some(v),
+        Some(Err(e)) => answer.error = format!("encoding the container of task {}: {e}", req.task_id),
+        None => answer.error = format!("task {} has no container on this node", req.task_id),
+    }
+    answer
+}
 
 /// Streams the subscribed tasks' logs to the control plane. Runs until every log ended (without
 /// follow) or the manager no longer wants them.

@@ -86,6 +86,7 @@ pub mod wire {
                 }
                 Assignment::NetworkMap(m) => SessionMessage::NetworkMap(m),
                 Assignment::Logs(sub) => SessionMessage::LogSubscription(sub),
+                Assignment::Inspect(req) => SessionMessage::TaskInspect(req),
             }
         }
     }
@@ -147,8 +148,29 @@ pub mod wire {
         pub wanted: bool,
     }
 
+    /// `POST /v1/inspect`: a node answers a manager's [`TaskInspectRequest`].
+    pub const INSPECT_PATH: &str = "/v1/inspect";
+
+    /// A manager asks a node for the engine's record of one of its task containers (the
+    /// dashboard's inspect of a container on another node): sent on the node's session stream.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TaskInspectRequest {
+        pub id: String,
+        pub task_id: String,
+    }
+
+    /// `POST /v1/inspect` body: the container record (the engine's JSON), or why there is none.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    pub struct TaskInspectAnswer {
+        pub request_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub container: Option<serde_json::Value>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pub error: String,
+    }
+
     /// One line of the session stream: `{"session": …}`, `{"assignments": …}`,
-    /// `{"network_map": …}` or `{"log_subscription": …}`.
+    /// `{"network_map": …}`, `{"log_subscription": …}` or `{"task_inspect": …}`.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(rename_all = "snake_case")]
     pub enum SessionMessage {
@@ -156,6 +178,7 @@ pub mod wire {
         Assignments(AssignmentsMsg),
         NetworkMap(shoal_types::NetworkMap),
         LogSubscription(LogSubscription),
+        TaskInspect(TaskInspectRequest),
     }
 
     /// `POST /v1/heartbeat` body.
@@ -338,16 +361,30 @@ impl ControlPlane for RemoteControlPlane {
 
     fn publish_logs(&self, batch: LogBatch) -> BoxFuture<'_, Result<bool, ControlError>> {
         Box::pin(async move {
-            let client = self
-                .current
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .map(|(c, _)| c.clone())
-                .unwrap_or_else(|| self.managers.get(self.next.load(Ordering::Relaxed)).1);
+            let client = self.session_client();
             let r: LogBatchResponse = client.call_json(LOGS_PATH, &batch).await.map_err(|e| ControlError::Unavailable(e.to_string()))?;
             Ok(r.wanted)
         })
+    }
+
+    fn answer_inspect(&self, answer: TaskInspectAnswer) -> BoxFuture<'_, Result<(), ControlError>> {
+        Box::pin(async move {
+            let client = self.session_client();
+            client.call_json::<_, serde_json::Value>(INSPECT_PATH, &answer).await.map_err(|e| ControlError::Unavailable(e.to_string()))?;
+            Ok(())
+        })
+    }
+}
+
+impl RemoteControlPlane {
+    /// The manager holding this node's session (answers go where the request came from).
+    fn session_client(&self) -> RpcClient {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(c, _)| c.clone())
+            .unwrap_or_else(|| self.managers.get(self.next.load(Ordering::Relaxed)).1)
     }
 }
 
@@ -406,6 +443,11 @@ impl RemoteControlPlane {
                             }
                             Some(Ok(SessionMessage::LogSubscription(sub))) => {
                                 if tx.send(Assignment::Logs(sub)).await.is_err() {
+                                    break "the agent closed the session".to_string();
+                                }
+                            }
+                            Some(Ok(SessionMessage::TaskInspect(req))) => {
+                                if tx.send(Assignment::Inspect(req)).await.is_err() {
                                     break "the agent closed the session".to_string();
                                 }
                             }

@@ -44,7 +44,8 @@
         setTimeout(function () { if (el.dataset.stale && !busy(el)) refresh(el); }, 0);
       });
     });
-    var es = new EventSource('/live');
+    // Changes between rendering this page and connecting are announced at once by the server.
+    var es = new EventSource('/live?since=' + encodeURIComponent(document.body.dataset.generation || ''));
     var opened = false;
     es.addEventListener('open', function () {
       status('Live');

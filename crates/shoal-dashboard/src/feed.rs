@@ -55,6 +55,11 @@ impl Hub {
         self.generation.subscribe()
     }
 
+    /// The current generation (how many changes so far).
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
     /// Something changed: every live page refreshes.
     pub fn bump(&self) {
         self.generation.send_modify(|g| *g += 1);

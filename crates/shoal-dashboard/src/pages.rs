@@ -82,6 +82,9 @@ pub struct Ctx {
     pub flash: Option<Flash>,
     /// This manager's hostname (shown in the header).
     pub host: String,
+    /// The live generation the page was rendered at: the browser's event stream starts from
+    /// it, so a change between rendering and connecting still refreshes the page.
+    pub generation: u64,
 }
 
 /// A rendered page: its title, which navigation entry it belongs to, the live region and what
@@ -118,7 +121,8 @@ fn head(title: &str) -> String {
 /// The whole HTML document around a page; `path` is the page's own URL (for its fragment).
 pub fn layout(ctx: &Ctx, page: &Page, path: &str) -> String {
     let mut out = head(&page.title);
-    out.push_str("<body><a class=\"skip\" href=\"#main\">Skip to content</a><header class=\"top\"><a class=\"brand\" href=\"/\">shoal</a>");
+    let _ = write!(out, "<body data-generation=\"{}\">", ctx.generation);
+    out.push_str("<a class=\"skip\" href=\"#main\">Skip to content</a><header class=\"top\"><a class=\"brand\" href=\"/\">shoal</a>");
     let _ = write!(
         out,
         "<span class=\"host\">manager {}</span>",
@@ -741,7 +745,8 @@ pub fn service(s: &Snapshot, svc: &Service, csrf: &str) -> Page {
             };
             vec![
                 format!(
-                    "{}<br><code>{}</code>",
+                    "<a href=\"/tasks/{}\">{}</a><br><code>{}</code>",
+                    seg(&t.id),
                     esc(&s.task_name(t)),
                     esc(short(&t.id))
                 ),
@@ -886,7 +891,7 @@ pub fn containers(s: &Snapshot, local: &[shoal_engine::ContainerRecord]) -> Page
             by_node.entry(s.node_name(&t.node_id)).or_default().push(t);
         }
     }
-    live.push_str("<h2>On other nodes</h2><p class=\"note\">From what the managers know: the task containers each node reports. Their logs and details are on that node (<code>docker ps</code>, <code>docker logs</code> there); this page cannot read them yet.</p>");
+    live.push_str("<h2>On other nodes</h2><p class=\"note\">The task containers each node reports; their logs and details are read from that node.</p>");
     if by_node.is_empty() {
         live.push_str("<p class=\"empty\">No task containers on other nodes.</p>");
     }
@@ -902,7 +907,8 @@ pub fn containers(s: &Snapshot, local: &[shoal_engine::ContainerRecord]) -> Page
                     .unwrap_or_default();
                 vec![
                     format!(
-                        "{}<br><code>{}</code>",
+                        "<a href=\"/tasks/{}\">{}</a><br><code>{}</code>",
+                        seg(&t.id),
                         esc(&s.task_container_name(t)),
                         esc(short(&cid))
                     ),
@@ -962,6 +968,82 @@ pub fn container(c: &shoal_engine::ContainerRecord, now: DateTime<Utc>) -> Page 
     Page {
         title: format!("Container {name}"),
         nav: "containers",
+        live,
+        after,
+        ..Page::default()
+    }
+}
+
+/// One task, wherever it runs: its state, its container's live logs and the engine's record of
+/// the container (`container`: `None` when not asked, as for a live refresh).
+pub fn task(s: &Snapshot, t: &Task, container: Option<Result<serde_json::Value, String>>) -> Page {
+    let name = s.task_name(t);
+    let cid = t
+        .status
+        .container_status
+        .as_ref()
+        .map(|c| c.container_id.clone())
+        .unwrap_or_default();
+    let mut live = String::from("<dl class=\"facts\">");
+    let service = match s.service(&t.service_id) {
+        Some(svc) => format!(
+            "<a href=\"/services/{}\">{}</a>",
+            seg(&svc.id),
+            esc(&svc.spec.name)
+        ),
+        None => esc(t.service_name()),
+    };
+    let state = format!(
+        "<span class=\"task-state {}\">{}</span> <small>{}</small>",
+        state_class(t.status.state),
+        esc(t.status.state.as_str()),
+        esc(&ago(t.status.timestamp, s.now))
+    );
+    for (term, value) in [
+        ("ID", format!("<code>{}</code>", esc(&t.id))),
+        ("Service", service),
+        ("Node", esc(&s.node_name(&t.node_id))),
+        ("Desired state", esc(t.desired_state.as_str())),
+        ("State", state),
+        ("Message", esc(&t.status.message)),
+        ("Error", esc(&t.status.err)),
+        ("Container", format!("<code>{}</code>", esc(&cid))),
+    ] {
+        if !value.is_empty() {
+            let _ = write!(live, "<dt>{term}</dt><dd>{value}</dd>");
+        }
+    }
+    live.push_str("</dl>");
+    let mut after = format!(
+        "<h2>Logs</h2><pre class=\"logs\" tabindex=\"0\" aria-label=\"logs of {}\" data-logs=\"/tasks/{}/logs\"></pre>",
+        esc(&name),
+        seg(&t.id)
+    );
+    match container {
+        Some(Ok(v)) => {
+            let _ = write!(
+                after,
+                "<details open><summary>Inspect the container</summary><pre class=\"inspect\" tabindex=\"0\">{}</pre></details>",
+                esc(&serde_json::to_string_pretty(&v).unwrap_or_default())
+            );
+        }
+        Some(Err(e)) => {
+            let _ = write!(
+                after,
+                "<h2>Container</h2><p class=\"note\">{}</p>",
+                esc(&e)
+            );
+        }
+        None => {}
+    }
+    let _ = write!(
+        after,
+        "<details><summary>Inspect the task</summary><pre class=\"inspect\" tabindex=\"0\">{}</pre></details>",
+        esc(&serde_json::to_string_pretty(t).unwrap_or_default())
+    );
+    Page {
+        title: format!("Task {name}"),
+        nav: "services",
         live,
         after,
         ..Page::default()
@@ -1443,6 +1525,7 @@ mod tests {
                 text: "<oops>".into(),
             }),
             host: "m<1>".into(),
+            generation: 42,
         };
         let page = visualizer(&snapshot());
         let html = layout(&ctx, &page, "/visualizer");
@@ -1451,6 +1534,7 @@ mod tests {
         assert!(html.contains("data-fragment=\"/visualizer?fragment=1\""));
         assert!(html.contains("role=\"alert\">&lt;oops&gt;</p>"));
         assert!(html.contains("manager m&lt;1&gt;"));
+        assert!(html.contains("<body data-generation=\"42\">"));
         assert!(html.contains("name=\"viewport\""));
         assert!(
             !html.contains("<script>"),

@@ -278,16 +278,24 @@ async fn route(app: &Arc<App>, r: &Req, body: Incoming) -> Resp {
     if r.method != Method::GET && r.method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
+    // Read before the snapshot: a change after this point refreshes the page once more at
+    // worst, never not at all.
+    let generation = app.hub.generation();
     let ctx = |host: String| Ctx {
         csrf: session.csrf.clone(),
         flash: session.flash.clone(),
         host,
+        generation,
     };
     // Event streams first: they need no snapshot.
     match segs.as_slice() {
-        ["live"] => return live(app, &session),
+        ["live"] => {
+            let since = r.query.get("since").and_then(|g| g.parse::<u64>().ok());
+            return live(app, &session, since);
+        }
         ["services", id, "logs"] => return service_logs(app, id, &session).await,
         ["containers", id, "logs"] => return container_logs(app, id, &session).await,
+        ["tasks", id, "logs"] => return task_logs(app, id, &session).await,
         _ => {}
     }
     let snap = match app.snapshot() {
@@ -335,6 +343,26 @@ async fn route(app: &Arc<App>, r: &Req, body: Incoming) -> Resp {
                     &ctx,
                     r,
                     pages::error_page("Container not found", &e.to_string()),
+                    StatusCode::NOT_FOUND,
+                )
+            }
+        },
+        ["tasks", id] => match app.swarm.get_task(id) {
+            Ok(t) => {
+                // A live refresh shows the state only; the container record is read (perhaps
+                // from another node) when the page itself is loaded.
+                let container = if r.fragment() {
+                    None
+                } else {
+                    Some(app.swarm.inspect_task_container(&t).await.map_err(|e| e.to_string()))
+                };
+                pages::task(&snap, &t, container)
+            }
+            Err(e) => {
+                return render(
+                    &ctx,
+                    r,
+                    pages::error_page("Task not found", &e.to_string()),
                     StatusCode::NOT_FOUND,
                 )
             }
@@ -521,6 +549,7 @@ async fn post(app: &App, r: &Req, body: Incoming, session: &SessionView) -> Resp
                         csrf: session.csrf.clone(),
                         flash: None,
                         host,
+                        generation: app.hub.generation(),
                     };
                     html(
                         StatusCode::BAD_REQUEST,
@@ -681,9 +710,10 @@ fn sse(event: &str, data: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// `/live`: an `update` event whenever the cluster (or this node's engine) changed, at most one
-/// per [`COALESCE`]; `logout` when the session ended.
-fn live(app: &Arc<App>, session: &SessionView) -> Resp {
+/// `/live?since=G`: an `update` event whenever the cluster (or this node's engine) changed, at
+/// most one per [`COALESCE`], and one at once when it changed since generation `G` (the one the
+/// page was rendered at); `logout` when the session ended.
+fn live(app: &Arc<App>, session: &SessionView, since: Option<u64>) -> Resp {
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let mut generation = app.hub.subscribe();
     let mut stop = app.stop.clone();
@@ -697,7 +727,10 @@ fn live(app: &Arc<App>, session: &SessionView) -> Resp {
         {
             return;
         }
-        generation.borrow_and_update();
+        let now = *generation.borrow_and_update();
+        if since.is_some_and(|g| g != now) && tx.send(sse("update", &now.to_string())).await.is_err() {
+            return;
+        }
         loop {
             tokio::select! {
                 r = generation.changed() => {
@@ -725,27 +758,27 @@ fn live(app: &Arc<App>, session: &SessionView) -> Resp {
     event_stream(rx)
 }
 
-async fn service_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
-    let svc = match app.swarm.find_service(id) {
-        Ok(s) => s,
-        Err(e) => return text(StatusCode::NOT_FOUND, &e.to_string()),
-    };
-    let opts = shoal_swarm::LogOptions {
+/// Follow options shared by every log view: the last 200 lines, then live.
+fn follow_opts() -> shoal_swarm::LogOptions {
+    shoal_swarm::LogOptions {
         stdout: true,
         stderr: true,
         follow: true,
         tail: Some(200),
         since: None,
-    };
-    let mut lines = match app.swarm.logs(Some(svc.clone()), None, opts).await {
-        Ok(l) => l,
-        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    };
-    let swarm = app.swarm.clone();
+    }
+}
+
+/// An event stream of `line` events, one per item of `lines` (`to_json` shapes each), with
+/// keep-alives, until the browser goes away, the lines end or the dashboard stops.
+fn log_stream<T: Send + 'static>(
+    app: &App,
+    mut lines: mpsc::Receiver<T>,
+    mut to_json: impl FnMut(T) -> serde_json::Value + Send + 'static,
+) -> Resp {
     let mut stop = app.stop.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        let mut names: HashMap<String, String> = HashMap::new();
         let _ = tx
             .send(Bytes::from_static(b"retry: 3000\n: connected\n\n"))
             .await;
@@ -753,14 +786,7 @@ async fn service_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
             tokio::select! {
                 line = lines.recv() => {
                     let Some(l) = line else { return };
-                    let name = names
-                        .entry(l.task_id.clone())
-                        .or_insert_with(|| {
-                            swarm.get_task(&l.task_id).map(|t| shoal_types::task_display_name(&svc.spec.name, t.slot, &t.node_id)).unwrap_or_else(|_| crate::html::short(&l.task_id).to_string())
-                        })
-                        .clone();
-                    let data = serde_json::json!({"task": name, "stream": l.stream, "text": String::from_utf8_lossy(&l.line).trim_end_matches('\n')});
-                    if tx.send(sse("line", &data.to_string())).await.is_err() { return; }
+                    if tx.send(sse("line", &to_json(l).to_string())).await.is_err() { return; }
                 }
                 _ = tokio::time::sleep(KEEPALIVE) => if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() { return },
                 _ = tx.closed() => return,
@@ -771,40 +797,67 @@ async fn service_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
     event_stream(rx)
 }
 
-async fn container_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
-    let engine = app.swarm.engine();
-    let opts = shoal_engine::LogOptions {
-        stdout: true,
-        stderr: true,
-        follow: true,
-        tail: Some(200),
-        since: None,
-        until: None,
-    };
-    let mut records = match engine.logs(id, opts).await {
-        Ok((_tty, r)) => r,
+fn line_text(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).trim_end_matches('\n').to_string()
+}
+
+/// The live logs of a service's tasks, each line named by its task.
+async fn service_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
+    let svc = match app.swarm.find_service(id) {
+        Ok(s) => s,
         Err(e) => return text(StatusCode::NOT_FOUND, &e.to_string()),
     };
-    let mut stop = app.stop.clone();
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(async move {
-        let _ = tx
-            .send(Bytes::from_static(b"retry: 3000\n: connected\n\n"))
-            .await;
-        loop {
-            tokio::select! {
-                rec = records.recv() => {
-                    let Some(rec) = rec else { return };
-                    let data = serde_json::json!({"stream": rec.stream, "text": String::from_utf8_lossy(&rec.line).trim_end_matches('\n')});
-                    if tx.send(sse("line", &data.to_string())).await.is_err() { return; }
-                }
-                _ = tokio::time::sleep(KEEPALIVE) => if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() { return },
-                _ = tx.closed() => return,
-                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-            }
-        }
-    });
-    event_stream(rx)
+    let lines = match app.swarm.logs(Some(svc.clone()), None, follow_opts()).await {
+        Ok(l) => l,
+        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let swarm = app.swarm.clone();
+    let mut names: HashMap<String, String> = HashMap::new();
+    log_stream(app, lines, move |l: shoal_swarm::LogLine| {
+        let name = names
+            .entry(l.task_id.clone())
+            .or_insert_with(|| {
+                swarm
+                    .get_task(&l.task_id)
+                    .map(|t| shoal_types::task_display_name(&svc.spec.name, t.slot, &t.node_id))
+                    .unwrap_or_else(|_| crate::html::short(&l.task_id).to_string())
+            })
+            .clone();
+        serde_json::json!({"task": name, "stream": l.stream, "text": line_text(&l.line)})
+    })
+}
+
+/// The live logs of one task's container, wherever it runs (through the log broker).
+async fn task_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
+    let task = match app.swarm.get_task(id) {
+        Ok(t) => t,
+        Err(e) => return text(StatusCode::NOT_FOUND, &e.to_string()),
+    };
+    match app.swarm.logs(None, Some(task), follow_opts()).await {
+        Ok(lines) => log_stream(app, lines, |l: shoal_swarm::LogLine| {
+            serde_json::json!({"stream": l.stream, "text": line_text(&l.line)})
+        }),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// The live logs of a container on this node.
+async fn container_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
+    let opts = follow_opts();
+    let opts = shoal_engine::LogOptions {
+        stdout: opts.stdout,
+        stderr: opts.stderr,
+        follow: opts.follow,
+        tail: opts.tail,
+        since: opts.since,
+        until: None,
+    };
+    match app.swarm.engine().logs(id, opts).await {
+        Ok((_tty, records)) => log_stream(app, records, |rec: shoal_engine::LogRecord| {
+            serde_json::json!({"stream": rec.stream, "text": line_text(&rec.line)})
+        }),
+        Err(e) => text(StatusCode::NOT_FOUND, &e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -335,6 +335,12 @@ impl Dispatcher {
                 let wanted = self.swarm()?.inner.log_broker.publish(&id.node_id, body).await;
                 ok(&shoal_agent::remote::wire::LogBatchResponse { wanted })
             }
+            (Method::POST, shoal_agent::remote::wire::INSPECT_PATH) => {
+                let id = self.caller(&peer)?;
+                let body: shoal_agent::remote::wire::TaskInspectAnswer = read_json(req).await?;
+                let wanted = self.swarm()?.inner.log_broker.answer(&id.node_id, body);
+                ok(&serde_json::json!({ "wanted": wanted }))
+            }
             (Method::POST, shoal_agent::remote::wire::STATUS_PATH) => {
                 let id = self.caller(&peer)?;
                 let body: StatusRequest = read_json(req).await?;

@@ -11,12 +11,14 @@ use tokio::sync::mpsc;
 
 use shoal_types::{Service, Task};
 
-use crate::error::Result;
+use crate::error::{Result, SwarmError};
 use crate::Swarm;
 use shoal_agent::remote::wire::LogSubscription;
 
 /// How long a non-follow `service logs` waits for other nodes' lines.
 const REMOTE_LOGS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an inspect of a container on another node waits for the node's answer.
+const REMOTE_INSPECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default)]
 pub struct LogOptions {
@@ -39,6 +41,23 @@ pub struct LogLine {
 }
 
 impl Swarm {
+    /// The engine's record (as JSON) of `task`'s container, wherever the task runs: read here
+    /// for this node's tasks, asked of the task's node over its dispatcher session otherwise.
+    pub async fn inspect_task_container(&self, task: &Task) -> Result<serde_json::Value> {
+        if task.node_id.is_empty() {
+            return Err(SwarmError::NotFound { kind: "container of task", reference: task.id.clone() });
+        }
+        if Some(task.node_id.as_str()) == self.node_id().as_deref() {
+            let rec = shoal_agent::task_container(self.engine(), &task.id)
+                .ok_or_else(|| SwarmError::NotFound { kind: "container of task", reference: task.id.clone() })?;
+            return serde_json::to_value(&rec).map_err(|e| SwarmError::Internal(format!("encoding the container of task {}: {e}", task.id)));
+        }
+        self.inner.log_broker.inspect(&task.node_id, &task.id, REMOTE_INSPECT_TIMEOUT).await.map_err(|e| match e {
+            crate::logbroker::InspectError::Refused(msg) => SwarmError::NotFound { kind: "container of task", reference: format!("{} ({msg})", task.id) },
+            other => SwarmError::Unavailable(other.to_string()),
+        })
+    }
+
     /// Streams the logs of a service's tasks (or of one task); with `follow`, tasks that start
     /// later are picked up too. The channel closes at the end.
     pub async fn logs(&self, service: Option<Service>, task: Option<Task>, opts: LogOptions) -> Result<mpsc::Receiver<LogLine>> {

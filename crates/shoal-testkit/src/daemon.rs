@@ -283,6 +283,16 @@ impl Daemon {
         &self.log
     }
 
+    /// Copies the whole log of a failed test to `target/test-artifacts/daemon-logs/` (the data
+    /// dir it lives in is removed with the daemon).
+    fn keep_log(&self) {
+        let dir = crate::workspace_root().join("target/test-artifacts/daemon-logs");
+        let name = format!("{}-{}.log", self.opts.netns.name(), std::process::id());
+        if fs::create_dir_all(&dir).is_ok() && fs::copy(&self.log, dir.join(&name)).is_ok() {
+            eprintln!("--- full daemon log kept as {}", dir.join(name).display());
+        }
+    }
+
     /// The last 60 lines of the daemon log.
     pub fn log_tail(&self) -> String {
         tail_file(&self.log, 60)
@@ -372,6 +382,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- shoal daemon log tail ({}):\n{}", self.log.display(), self.log_tail());
+            self.keep_log();
         }
         self.cleanup();
     }

@@ -398,11 +398,7 @@ fn credential(manager: &Daemon) -> String {
     c
 }
 
-// Quarantined: about one run in three a worker's task hangs in STARTING after its overlay
-// attach (seen 2026-11-25; cause not yet found), which would make CI flaky. Run it with
-// `cargo test -p shoal --test dashboard -- --ignored`; issue 6 stays open until it is fixed.
 #[test]
-#[ignore = "flaky: a task sometimes hangs in STARTING after overlay attach (issue 6 note)"]
 fn dashboard_in_chromium_on_a_three_node_lab() {
     if !running_as_root("dashboard tests") {
         return;
@@ -678,6 +674,21 @@ fn dashboard_in_chromium_on_a_three_node_lab() {
             .contains("com.docker.swarm.task.id"),
         "inspect shows the record"
     );
+    // A container on another node: its logs and the engine's record come from that node.
+    browser.goto(&format!("{base}/containers"));
+    browser.click("table.containers a[href^=\"/tasks/\"]");
+    browser.wait_for("a remote task's page", Duration::from_secs(10), |b| {
+        b.text("main h1").starts_with("Task web.")
+    });
+    browser.wait_for("the remote container's logs", Duration::from_secs(30), |b| {
+        b.text("pre.logs").contains("whoami: listening")
+    });
+    let remote_inspect = browser.text("details[open] pre.inspect");
+    assert!(
+        remote_inspect.contains("com.docker.swarm.task.id") && remote_inspect.contains("\"shim_pid\""),
+        "the remote container's record: {remote_inspect:.300}"
+    );
+    browser.screenshot("12-remote-task-logs-and-inspect");
 
     // The other pages answer after login.
     for page in [
@@ -722,6 +733,7 @@ fn check_artifacts(dir: &Path) {
         "04-visualizer-two-replicas",
         "05-visualizer-four-replicas",
         "07-visualizer-after-drain",
+        "12-remote-task-logs-and-inspect",
     ] {
         let path = dir.join(format!("{name}.png"));
         let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
