@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # shoal vs Docker Engine (Debian docker.io) in swarm mode, side by side. Run as root:  sudo bench/swarm.sh
-# Env: RUNS (default 3) REPLICAS (30) NCREATE (200) POLL (0.1 s) SKIP_DOCKER=1 SKIP_BUILD=1
+# Env: RUNS (default 3) REPLICAS (30) NCREATE (200) POLL (0.02 s: how often "all running?" is asked) SKIP_DOCKER=1 SKIP_BUILD=1
 #      SKIP_CARGO_BENCH=1 KEEP_LOGS=DIR OUT_DIR=DIR (default bench/results)  SHOAL_LOG (RUST_LOG for the shoal daemon)
 set -euo pipefail
 . "$(dirname "$(readlink -f "$0")")/common.sh"
@@ -10,7 +10,7 @@ ROOT=$(dirname "$HERE")
 RUNS=${RUNS:-3}
 REPLICAS=${REPLICAS:-30}
 NCREATE=${NCREATE:-200}
-POLL=${POLL:-0.1}
+POLL=${POLL:-0.02}
 # agent `task state` lines (per-task pipeline) and API request lines are debug-level.
 SHOAL_LOG=${SHOAL_LOG:-info,shoal_agent=debug,shoal_api=debug,hyper=warn,libcontainer=warn,libcgroups=warn}
 CLI=/usr/local/bin/docker   # docker 28.2 CLI, used for BOTH engines
@@ -45,6 +45,9 @@ fi
 
 # ---------------------------------------------------------------- workspace + cleanup
 setup_workspace sw
+# Both exec-roots on a tmpfs, as each engine has by default (/run/docker, /run/shoal); the
+# data-roots share the disk.
+mkdir -p "$W/run" && mount -t tmpfs -o mode=755,size=2g tmpfs "$W/run"
 pre_run_docker=$([ -e /run/docker ] && echo 1 || true)
 
 swarm_teardown() { # engine: services, swarm, containers (daemon still running)
@@ -107,13 +110,13 @@ done
 
 start_shoal() {
   RUST_LOG=$SHOAL_LOG nsenter --net=/run/netns/$NS_S "$SHOAL" daemon -H "unix://$W/shoal.sock" \
-    --data-root "$W/shoal-data" --exec-root "$W/sx" >"$W/shoal.log" 2>&1 &
+    --data-root "$W/shoal-data" --exec-root "$W/run/sx" >"$W/shoal.log" 2>&1 &
   SHOAL_PID=$!
   wait_sock shoal "$SHOAL_PID" || { tail -20 "$W/shoal.log" >&2; return 1; }
 }
 start_docker() {
   nsenter --net=/run/netns/$NS_D dockerd -H "unix://$W/docker.sock" \
-    --data-root "$W/docker-data" --exec-root "$W/dx" --pidfile "$W/docker.pid" \
+    --data-root "$W/docker-data" --exec-root "$W/run/dx" --pidfile "$W/docker.pid" \
     --iptables=true --cgroup-parent "/$DOCKER_CG" --log-level warn >"$W/docker.log" 2>&1 &
   DOCKERD_PID=$!
   wait_sock docker "$DOCKERD_PID" || { tail -30 "$W/docker.log" >&2; return 1; }

@@ -282,7 +282,7 @@ impl Engine {
                 let changed = apply_result(health, &timing, started_at, result);
                 (rec.clone(), changed)
             };
-            if let Err(e) = self.persist(&snapshot) {
+            if let Err(e) = self.persist(&c).await {
                 warn!(container = %id, error = %e, "persisting the health state failed");
             }
             c.notify();

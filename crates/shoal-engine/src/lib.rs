@@ -99,6 +99,10 @@ pub(crate) struct Container {
     pending_attach: Mutex<Vec<lifecycle::PendingAttach>>,
     /// The running healthcheck loop, if any.
     health_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Held while the record file is written or the container's files removed (true once they
+    /// are): one writer at a time, so no two share the temp file and none recreates a removed
+    /// container's directory.
+    disk: Mutex<bool>,
 }
 
 impl Container {
@@ -112,6 +116,7 @@ impl Container {
             removed: Mutex::new(false),
             pending_attach: Mutex::new(Vec::new()),
             health_task: Mutex::new(None),
+            disk: Mutex::new(false),
         })
     }
 
@@ -347,8 +352,23 @@ impl Engine {
         }
     }
 
-    pub(crate) fn persist(&self, record: &ContainerRecord) -> Result<()> {
-        persist::write_json_atomic(&self.dirs(&record.id).record(), record)
+    /// Writes `c`'s current record to disk (fsync'ed), blocking. The record is read under the
+    /// container's disk lock, so the newest state always lands last.
+    pub(crate) fn write_record(&self, c: &Container) -> Result<()> {
+        let removed = lock(&c.disk);
+        if *removed {
+            return Ok(());
+        }
+        let record = c.snapshot();
+        persist::write_json_atomic(&self.dirs(&record.id).record(), &record)
+    }
+
+    /// [`Engine::write_record`] on a blocking thread: the fsyncs never stall the runtime.
+    pub(crate) async fn persist(&self, c: &Arc<Container>) -> Result<()> {
+        let (this, c) = (self.clone(), c.clone());
+        tokio::task::spawn_blocking(move || this.write_record(&c))
+            .await
+            .map_err(|e| EngineError::Internal(format!("persisting a container record: {e}")))?
     }
 }
 

@@ -221,6 +221,11 @@ impl Engine {
             network: NetworkState::default(),
             log_path: dirs.root.join(format!("{id}-json.log")).to_string_lossy().into_owned(),
         };
+        // The name is taken at once (under the map's lock); the files are written outside it,
+        // on a blocking thread, with the container's operation lock held so nothing acts on it
+        // before they exist.
+        let c = Container::new(record.clone());
+        let _op = c.op.try_lock().map_err(|_| EngineError::Internal("a new container's lock is taken".into()))?;
         {
             let mut containers = lock(&self.inner.containers);
             if let Some(other) = containers.values().find(|c| c.lock().name == name) {
@@ -229,9 +234,22 @@ impl Engine {
                     "Conflict. The container name \"/{name}\" is already in use by container \"{other_id}\". You have to remove (or rename) that container to be able to reuse that name."
                 )));
             }
-            dirs.create()?;
-            self.persist(&record)?;
-            containers.insert(id.clone(), Container::new(record.clone()));
+            containers.insert(id.clone(), c.clone());
+        }
+        let written = {
+            let (this, c) = (self.clone(), c.clone());
+            tokio::task::spawn_blocking(move || {
+                dirs.create()?;
+                this.write_record(&c)
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("creating {id}: {e}")))
+            .and_then(|r| r)
+        };
+        if let Err(e) = written {
+            lock(&self.inner.containers).remove(&id);
+            let _ = std::fs::remove_dir_all(&self.dirs(&id).root);
+            return Err(e);
         }
         info!(container = %id, name = %name, image = %spec.image, "container created");
         self.emit_container("create", &record, &[]);
@@ -288,7 +306,7 @@ impl Engine {
                     rec.network = started.network;
                     rec.clone()
                 };
-                self.persist(&snapshot)?;
+                self.persist(c).await?;
                 c.notify();
                 self.start_health_monitor(c);
                 self.connect_pending_attaches(c, &id).await;
@@ -301,16 +319,15 @@ impl Engine {
                 Ok(())
             }
             Err(err) => {
-                let snapshot = {
+                {
                     let mut rec = c.lock();
                     rec.state.error = err.to_string();
                     if rec.state.status != Status::Created {
                         rec.state.status = Status::Exited;
                     }
                     rec.state.exit_code = if err.to_string().contains("executable file not found") || err.to_string().contains("no such file or directory") { 127 } else { 128 };
-                    rec.clone()
-                };
-                let _ = self.persist(&snapshot);
+                }
+                let _ = self.persist(c).await;
                 // A start failure ends any pending attach.
                 lock(&c.pending_attach).clear();
                 c.notify();
@@ -539,7 +556,7 @@ impl Engine {
             rec.state.status = if restart.is_some() { Status::Restarting } else { Status::Exited };
             (rec.clone(), restart)
         };
-        if let Err(e) = self.persist(&snapshot) {
+        if let Err(e) = self.persist(&c).await {
             warn!(container = %id, error = %e, "persisting the exit failed");
         }
         *lock(&c.exits) += 1;
@@ -573,12 +590,8 @@ impl Engine {
         }
         if let Err(e) = self.start_locked(&c).await {
             warn!(error = %e, "restart by policy failed");
-            let snapshot = {
-                let mut rec = c.lock();
-                rec.state.status = Status::Exited;
-                rec.clone()
-            };
-            let _ = self.persist(&snapshot);
+            c.lock().state.status = Status::Exited;
+            let _ = self.persist(&c).await;
             c.notify();
         }
     }
@@ -658,18 +671,13 @@ impl Engine {
             (rec.id.clone(), rec.state.status, rec.config.stop_signal.clone(), rec.config.stop_timeout)
         };
         if status == Status::Restarting {
-            let snapshot = {
-                let mut rec = c.lock();
-                rec.state.status = Status::Exited;
-                rec.clone()
-            };
-            self.persist(&snapshot)?;
+            c.lock().state.status = Status::Exited;
+            self.persist(c).await?;
             c.notify();
             return Ok(());
         }
         if status != Status::Running {
-            let snapshot = c.snapshot();
-            self.persist(&snapshot)?;
+            self.persist(c).await?;
             return Err(EngineError::NotModified("stopped"));
         }
         let sig = parse_signal(signal.unwrap_or(&stop_signal))?;
@@ -714,7 +722,7 @@ impl Engine {
             }
             rec.clone()
         };
-        self.persist(&snapshot)?;
+        self.persist(c).await?;
         c.notify();
         self.emit_container("stop", &snapshot, &[]);
         Ok(())
@@ -773,10 +781,13 @@ impl Engine {
         let ip = c.lock().network.ip;
         let this = self.clone();
         let rm_id = id.clone();
+        let files = c.clone();
         tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
             this.teardown_local(&rm_id);
             let _ = std::fs::remove_dir_all(this.shim_dir(&rm_id));
+            let mut gone = lock(&files.disk);
+            *gone = true;
             let dirs = this.dirs(&rm_id);
             let result = std::fs::remove_dir_all(&dirs.root).map_err(|e| EngineError::io(format!("removing {}", dirs.root.display()), e));
             debug!(container = %rm_id, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "container files removed");
@@ -819,7 +830,7 @@ impl Engine {
             let old = std::mem::replace(&mut rec.name, new_name.clone());
             let snapshot = rec.clone();
             drop(rec);
-            if let Err(e) = self.persist(&snapshot) {
+            if let Err(e) = self.write_record(&c) {
                 c.lock().name = old;
                 return Err(e);
             }
@@ -993,7 +1004,7 @@ impl Engine {
                         rec.clone()
                     };
                     if snapshot.state.health.is_some() {
-                        if let Err(e) = self.persist(&snapshot) {
+                        if let Err(e) = self.write_record(&c) {
                             warn!(container = %id, error = %e, "persisting the reset health state failed");
                         }
                     }

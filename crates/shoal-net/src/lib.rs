@@ -22,6 +22,7 @@ mod bridge;
 pub mod dns;
 mod error;
 mod ipam;
+mod netlink;
 pub mod mesh;
 mod ops;
 mod ports;

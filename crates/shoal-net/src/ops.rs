@@ -1,6 +1,7 @@
 //! Side effects behind a trait: bridge, veth, netns, sysctl, nftables and port probing.
 //!
-//! [`SystemOps`] shells out to `ip` (iproute2) and `nft -f -`; each call costs a few ms. Every
+//! [`SystemOps`] builds container endpoints over rtnetlink ([`crate::netlink`]) and shells out to
+//! `ip` (iproute2) and `nft -f -` for the rest (bridge setup, rulesets: rare, a few ms each). Every
 //! operation runs on a dedicated, short-lived OS thread that first `setns`es into the host
 //! network namespace captured at construction (or into a container's namespace), because
 //! `setns(CLONE_NEWNET)` only affects the calling thread and child processes inherit the netns of
@@ -19,7 +20,11 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::error::NetError;
+use crate::netlink::{Rtnl, VethPair};
 use crate::ports::Proto;
+
+/// The loopback device's index in every network namespace.
+const LOOPBACK_INDEX: u32 = 1;
 
 /// What [`NetOps::create_endpoint`] must build.
 #[derive(Debug, Clone)]
@@ -254,23 +259,31 @@ impl NetOps for SystemOps {
 
     fn create_endpoint(&self, spec: &EndpointSpec) -> Result<(), NetError> {
         let path = spec.netns_path.as_path();
-        let Some(path_s) = path.to_str() else {
-            return Err(NetError::Internal(format!("non-utf8 netns path {}", path.display())));
-        };
+        let mac = crate::netlink::parse_mac(&spec.mac)?;
         create_netns_file(path)?;
-        // Host side, one `ip` process: the veth pair with the peer created directly as eth0
-        // inside the container netns, attached to the bridge and up. Hairpin mode lets a
-        // container reach its own published port through a host address when br_netfilter turns
-        // that DNAT into bridging back out of the ingress port.
-        let host_batch = format!(
-            "link add {veth} mtu {mtu} master {br} up type veth peer name eth0 mtu {mtu} address {mac} netns {path_s}\n\
-             link set dev {veth} type bridge_slave hairpin on\n",
-            veth = spec.host_veth,
-            mtu = spec.mtu,
-            br = spec.bridge,
-            mac = spec.mac,
-        );
-        if let Err(e) = self.host("create veth", || run("ip", &["-batch", "-"], Some(&host_batch)).map(|_| ())) {
+        let netns: OwnedFd = match File::open(path) {
+            Ok(f) => f.into(),
+            Err(e) => {
+                let _ = unmount_and_remove(path);
+                return Err(NetError::io("open netns", path.display(), e));
+            }
+        };
+        // Host side: the veth pair, its peer created directly as eth0 inside the container netns.
+        let host = self.host("create veth", || {
+            let mut nl = Rtnl::open()?;
+            let bridge_index = nl
+                .link_index(&spec.bridge)?
+                .ok_or_else(|| NetError::NotABridge { name: spec.bridge.clone(), kind: "missing".into() })?;
+            nl.add_veth(&VethPair {
+                host_name: &spec.host_veth,
+                bridge_index,
+                mtu: spec.mtu,
+                peer_name: "eth0",
+                peer_mac: mac,
+                peer_netns: netns.as_fd(),
+            })
+        });
+        if let Err(e) = host {
             if e.to_string().contains("File exists") {
                 // The name belongs to someone else: leave that link alone, drop only our netns.
                 let _ = unmount_and_remove(path);
@@ -279,14 +292,16 @@ impl NetOps for SystemOps {
             }
             return Err(e);
         }
-        // Container side, one `ip` process run from a thread inside the new netns.
-        let batch = format!(
-            "link set dev lo up\naddr add {ip}/{p} dev eth0\nlink set dev eth0 up\nroute add default via {gw} dev eth0\n",
-            ip = spec.ip,
-            p = spec.prefix_len,
-            gw = spec.gateway
-        );
-        if let Err(e) = in_netns_path(path, || run("ip", &["-batch", "-"], Some(&batch)).map(|_| ())) {
+        // Container side, from a thread inside the new netns.
+        let inside = in_netns(&netns, &path.display().to_string(), || {
+            let mut nl = Rtnl::open()?;
+            nl.set_up(LOOPBACK_INDEX)?;
+            let eth0 = nl.link_index("eth0")?.ok_or_else(|| NetError::Internal(format!("eth0 missing in {}", path.display())))?;
+            nl.add_address(eth0, spec.ip, spec.prefix_len)?;
+            nl.set_up(eth0)?;
+            nl.add_default_route(spec.gateway, eth0)
+        });
+        if let Err(e) = inside {
             let _ = self.remove_endpoint(path, Some(&spec.host_veth));
             return Err(e);
         }
@@ -295,19 +310,10 @@ impl NetOps for SystemOps {
 
     fn remove_endpoint(&self, netns_path: &Path, host_veth: Option<&str>) -> Result<(), NetError> {
         match host_veth {
-            Some(v) => {
-                self.host("delete veth", || match run("ip", &["link", "del", "dev", v], None) {
-                    Err(e) if !is_not_found(&e) => Err(e),
-                    _ => Ok(()),
-                })?;
-            }
+            Some(v) => self.host("delete veth", || Rtnl::open()?.delete_link(v))?,
             None if netns_path.exists() => {
                 // Host side name unknown (e.g. after a daemon restart): delete the peer from inside.
-                let r = in_netns_path(netns_path, || match run("ip", &["link", "del", "dev", "eth0"], None) {
-                    Err(e) if !is_not_found(&e) => Err(e),
-                    _ => Ok(()),
-                });
-                if let Err(e) = r {
+                if let Err(e) = in_netns_path(netns_path, || Rtnl::open()?.delete_link("eth0")) {
                     tracing::warn!(netns = %netns_path.display(), error = %e, "could not delete eth0 in container netns");
                 }
             }

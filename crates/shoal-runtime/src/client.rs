@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::shim::{ShimArgs, READY_FD};
+use crate::shim::ShimArgs;
 use crate::RuntimeError;
 
 /// How long [`spawn_shim`] waits for the shim's ready report.
@@ -116,18 +116,19 @@ pub fn spawn_shim(exe: &Path, args: &ShimArgs) -> Result<ShimStarted, RuntimeErr
     crate::shim::validate_id(&args.id)?;
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::sys("pipe2", e))?;
+    // The ready pipe goes in as the shim's stdout: with no fork-time hook, std spawns it with
+    // posix_spawn (vfork semantics) instead of fork, so the daemon's page tables are not copied
+    // for every container.
     let mut cmd = Command::new(exe);
     cmd.arg("shim")
         .args(args.to_argv())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::from(w))
         .stderr(Stdio::null());
-    map_fd_in_child(&mut cmd, w.as_raw_fd(), READY_FD);
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| RuntimeError::io("spawn shim", exe, e))?;
-    drop(w);
+    let spawned = cmd.spawn();
+    drop(cmd); // our copy of the write end: the read end sees EOF once the shim is done with it
+    let mut child = spawned.map_err(|e| RuntimeError::io("spawn shim", exe, e))?;
     tracing::debug!(id = %args.id, pid = child.id(), "spawned shim");
 
     let mut reader = std::fs::File::from(r);

@@ -1,7 +1,8 @@
 //! The per-container shim: `shoal shim <argv>`.
 //!
-//! Process model. The daemon spawns `<exe> shim <argv>` (process A) with stdio on /dev/null and
-//! the write end of a *ready pipe* as fd 3 ([`READY_FD`]). A forks B and exits at once (the
+//! Process model. The daemon spawns `<exe> shim <argv>` (process A) with stdin and stderr on
+//! /dev/null and the write end of a *ready pipe* as stdout (A moves it off fd 1 and puts
+//! /dev/null there). A forks B and exits at once (the
 //! daemon reaps A); B calls `setsid` and `PR_SET_CHILD_SUBREAPER`, so it is reparented away from
 //! the daemon and survives the daemon being killed. B creates and starts the container with
 //! libcontainer. libcontainer clones the container init as a sibling of its intermediate process,
@@ -31,7 +32,7 @@ use crate::client::{ControlRequest, ExitInfo, ReadyReport};
 use crate::logfile::{push_frame, LineSplitter, Stream};
 use crate::RuntimeError;
 
-/// fd number on which the shim (and the exec helper in tty mode) receives its extra channel.
+/// fd number on which the exec helper in tty mode receives its extra channel.
 pub const READY_FD: RawFd = 3;
 /// Clients whose unsent output exceeds this are dropped.
 const MAX_CLIENT_BUFFER: usize = 1 << 20;
@@ -175,19 +176,7 @@ pub(crate) fn validate_id(id: &str) -> Result<(), RuntimeError> {
 /// Entry point of `shoal shim`. Must be called before the process starts any thread.
 /// Returns the process exit code.
 pub fn shim_main(args: ShimArgs) -> i32 {
-    // Take the ready pipe (fd 3) if present.
-    // SAFETY: F_GETFD only inspects the descriptor table.
-    let ready = if unsafe { libc::fcntl(READY_FD, libc::F_GETFD) } >= 0 {
-        // SAFETY: fd 3 is open and, by the spawn protocol, handed to us for exclusive use.
-        let fd = unsafe { OwnedFd::from_raw_fd(READY_FD) };
-        let _ = nix::fcntl::fcntl(
-            fd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
-        Some(File::from(fd))
-    } else {
-        None
-    };
+    let ready = take_ready_pipe();
     if thread_count() > 1 {
         let msg = "shim must be started before any thread is spawned".to_string();
         report(ready, &ReadyReport::failure(msg, None));
@@ -217,6 +206,30 @@ pub fn shim_main(args: ShimArgs) -> i32 {
             }
         }
     }
+}
+
+/// Takes the ready pipe from stdout (when stdout is a pipe, as the daemon spawns the shim) and
+/// puts /dev/null on fd 1.
+fn take_ready_pipe() -> Option<File> {
+    let stdout = std::io::stdout();
+    let is_pipe = nix::sys::stat::fstat(stdout.as_raw_fd())
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO)
+        .unwrap_or(false);
+    if !is_pipe {
+        return None;
+    }
+    // SAFETY: F_DUPFD_CLOEXEC only duplicates fd 1 onto a fresh descriptor (>= 3).
+    let dup = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
+        return None;
+    }
+    // SAFETY: `dup` was just created by us and nothing else refers to it.
+    let ready = unsafe { OwnedFd::from_raw_fd(dup) };
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto fd 1 replaces stdout atomically; `null` stays owned by its File.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+    }
+    Some(File::from(ready))
 }
 
 fn thread_count() -> usize {

@@ -626,14 +626,15 @@ fn shim_survives_its_spawner() {
     let mut args = f.shim_args("surv", false, false);
     args.start_gated = true;
     write_bundle(&args.bundle, &input).unwrap();
-    // A throwaway "daemon" (sh) spawns the shim with fd 3 = its stdout, then exits.
-    let mut cmd = String::from("exec 3>&1; ");
+    // A throwaway "daemon" (sh) spawns the shim with the ready pipe (its own stdout) as the
+    // shim's stdout, then exits.
+    let mut cmd = String::from("exec ");
     cmd.push_str(EXE);
     cmd.push_str(" shim");
     for a in args.to_argv() {
         cmd.push_str(&format!(" '{a}'"));
     }
-    cmd.push_str(" >/dev/null 2>&1");
+    cmd.push_str(" </dev/null 2>/dev/null");
     // Read only the ready line: in gated mode the not-yet-started init still holds the pipe.
     let mut sh = std::process::Command::new("sh")
         .arg("-c")
