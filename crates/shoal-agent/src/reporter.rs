@@ -71,9 +71,10 @@ pub(crate) async fn run(control: Arc<dyn ControlPlane>, mut rx: mpsc::UnboundedR
         }
         let batch: Vec<(String, TaskStatus)> = pending.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let n = batch.len();
+        let sent = std::time::Instant::now();
         match control.report(batch).await {
             Ok(()) => {
-                debug!(statuses = n, "reported task statuses");
+                debug!(statuses = n, elapsed_ms = sent.elapsed().as_secs_f64() * 1e3, "reported task statuses");
                 pending.clear();
                 backoff = Duration::from_millis(100);
             }

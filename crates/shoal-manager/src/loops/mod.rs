@@ -27,7 +27,7 @@ use crate::update::UpdaterConfig;
 /// Tunables of the control loops (defaults follow swarmkit).
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    /// The scheduler waits this long after the latest new PENDING task before scheduling (10 ms;
+    /// The scheduler waits this long after the latest new PENDING task before scheduling (3 ms;
     /// swarmkit uses 50 ms, but tasks created together arrive in one commit anyway).
     pub scheduler_batch_delay: Duration,
     /// …but never longer than this after the first one (1 s).
@@ -45,7 +45,7 @@ pub struct ManagerConfig {
 impl Default for ManagerConfig {
     fn default() -> Self {
         ManagerConfig {
-            scheduler_batch_delay: Duration::from_millis(10),
+            scheduler_batch_delay: Duration::from_millis(3),
             scheduler_max_batch_delay: Duration::from_secs(1),
             reaper_interval: Duration::from_millis(250),
             old_task_timeout: crate::restart::OLD_TASK_TIMEOUT,
