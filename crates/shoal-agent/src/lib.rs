@@ -61,17 +61,24 @@ impl Agent {
     pub fn start(node_id: String, engine: Engine, control: Arc<dyn ControlPlane>) -> AgentHandle {
         let (stop_tx, stop_rx) = oneshot::channel();
         let ctx = TemplateContext { node_hostname: hostname() };
-        let main = tokio::spawn(run(node_id, engine, control, ctx, stop_rx));
-        AgentHandle { inner: Mutex::new(Some((stop_tx, main))) }
+        let (map_tx, map_rx) = watch::channel(None);
+        let main = tokio::spawn(run(node_id, engine, control, ctx, stop_rx, map_tx));
+        AgentHandle { inner: Mutex::new(Some((stop_tx, main))), network_map: map_rx }
     }
 }
 
 /// Controls a running [`Agent`].
 pub struct AgentHandle {
     inner: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+    network_map: watch::Receiver<Option<NetworkMap>>,
 }
 
 impl AgentHandle {
+    /// The latest network map this node received (what a worker knows of the swarm's networks).
+    pub fn network_map(&self) -> Option<NetworkMap> {
+        self.network_map.borrow().clone()
+    }
+
     /// Stops the agent: ends the session, stops the task controllers (containers keep running)
     /// and delivers pending status reports (for at most 2 s). Idempotent.
     pub async fn stop(&self) {
@@ -211,11 +218,12 @@ async fn run(
     control: Arc<dyn ControlPlane>,
     ctx: TemplateContext,
     mut stop: oneshot::Receiver<()>,
+    map_tx: watch::Sender<Option<NetworkMap>>,
 ) {
     let (reporter, report_rx) = Reporter::new();
     let mut reporter_task = JoinSet::new();
     reporter_task.spawn(reporter::run(control.clone(), report_rx));
-    let (map_tx, map_rx) = watch::channel(None);
+    let map_rx = map_tx.subscribe();
     let (ready_tx, ready_rx) = watch::channel(BTreeSet::new());
     let discovery = discovery::Discovery::new(map_rx.clone(), tokio::runtime::Handle::current());
     engine.set_netns_hook(Some(discovery.clone()));

@@ -29,8 +29,15 @@ pub fn compute(view: &ReadTx) -> NetworkMap {
         .into_iter()
         .filter_map(|n| {
             let vni = n.vni()?;
-            let (subnet, _) = n.pool()?;
-            Some(MapNetwork { id: n.id.clone(), name: n.spec.name.clone(), vni, subnet: subnet.to_string(), ingress: n.spec.ingress })
+            let (subnet, gateway) = n.pool()?;
+            Some(MapNetwork {
+                id: n.id.clone(),
+                name: n.spec.name.clone(),
+                vni,
+                subnet: subnet.to_string(),
+                gateway: gateway.to_string(),
+                ingress: n.spec.ingress,
+            })
         })
         .collect();
     networks.sort_by(|a, b| a.id.cmp(&b.id));
@@ -263,7 +270,7 @@ mod tests {
             in_rotation,
         };
         NetworkMap {
-            networks: vec![MapNetwork { id: "ing".into(), name: "ingress".into(), vni: 4096, subnet: "10.0.0.0/24".into(), ingress: true }],
+            networks: vec![MapNetwork { id: "ing".into(), name: "ingress".into(), vni: 4096, subnet: "10.0.0.0/24".into(), ingress: true, ..Default::default() }],
             nodes: vec![node("n1", "10.99.0.1", "10.0.0.2"), node("n2", "10.99.0.2", "10.0.0.3"), node("n3", "10.99.0.3", "10.0.0.4")],
             services: vec![MapService {
                 id: "s".into(),
@@ -317,7 +324,7 @@ mod tests {
     #[test]
     fn vips_and_names_on_a_user_network() {
         let mut m = map();
-        m.networks.push(MapNetwork { id: "app".into(), name: "app".into(), vni: 4097, subnet: "10.0.1.0/24".into(), ingress: false });
+        m.networks.push(MapNetwork { id: "app".into(), name: "app".into(), vni: 4097, subnet: "10.0.1.0/24".into(), ingress: false, ..Default::default() });
         m.services[0].vips.push(addr("app", "10.0.1.2"));
         for (t, ip) in m.services[0].tasks.iter_mut().zip(["10.0.1.3", "10.0.1.4", "10.0.1.5"]) {
             t.addrs.push(addr("app", ip));

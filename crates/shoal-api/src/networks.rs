@@ -4,7 +4,8 @@
 //!
 //! Lookups follow moby's `getNetwork`/`findUniqueNetwork`: full ID, then exact name, then unique
 //! ID prefix, across both scopes. Local networks have stable 64-hex IDs derived from the data
-//! root, so they survive restarts. A worker has no store and lists only its local networks.
+//! root, so they survive restarts. A worker has no store: it lists its local networks and the
+//! swarm networks it takes part in (ingress, its tasks' overlays) from its network map.
 
 use std::collections::BTreeMap;
 
@@ -85,7 +86,8 @@ fn local_created(data_root: &str) -> String {
 fn swarm_state(state: &ApiState) -> Result<(Vec<Network>, Vec<Service>), ApiError> {
     let networks = match state.swarm.networks() {
         Ok(n) => n,
-        Err(e) if e.kind() == ErrorKind::Unavailable => return Ok((Vec::new(), Vec::new())),
+        // A worker (no store): the networks it takes part in, from its network map.
+        Err(e) if e.kind() == ErrorKind::Unavailable => return Ok((state.swarm.node_networks(), Vec::new())),
         Err(e) => return Err(e.into()),
     };
     let services = state.swarm.services().unwrap_or_default();

@@ -235,6 +235,20 @@ impl Swarm {
         Ok(self.store()?.view().list::<Network>())
     }
 
+    /// The swarm networks this node takes part in, from its network map: ingress and the
+    /// overlays its containers are attached to — what a worker lists, as Docker's workers do.
+    /// Empty outside a swarm or before the first map arrived.
+    pub fn node_networks(&self) -> Vec<Network> {
+        let Some(map) = self.active().and_then(|a| a.agent.network_map()) else { return Vec::new() };
+        let attached: std::collections::BTreeSet<String> = self
+            .engine()
+            .list()
+            .into_iter()
+            .flat_map(|c| c.config.host.overlays.into_iter().map(|o| o.network_id))
+            .collect();
+        map.networks.iter().filter(|n| n.ingress || attached.contains(&n.id)).map(|n| n.to_network()).collect()
+    }
+
     /// A swarm network by full ID, exact name or unique ID prefix.
     pub fn find_network(&self, reference: &str) -> Result<Network> {
         lookup("network", self.networks()?, reference, |n| &n.id, |n| &n.spec.name)

@@ -35,8 +35,37 @@ pub struct MapNetwork {
     pub vni: u32,
     /// CIDR, e.g. `10.0.0.0/24`.
     pub subnet: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gateway: String,
     #[serde(default)]
     pub ingress: bool,
+}
+
+impl MapNetwork {
+    /// The network as a node without the store sees it (a worker's `docker network ls` and
+    /// `inspect`): name, overlay driver with its VXLAN ID, subnet and gateway; no labels or
+    /// creation time, which the map does not carry.
+    pub fn to_network(&self) -> crate::Network {
+        use crate::{Driver, IpamConfig, IpamOptions, OVERLAY_DRIVER, VXLAN_ID_OPTION};
+        crate::Network {
+            id: self.id.clone(),
+            spec: crate::NetworkSpec {
+                name: self.name.clone(),
+                ingress: self.ingress,
+                scope: "swarm".into(),
+                ..Default::default()
+            },
+            driver_state: Driver {
+                name: OVERLAY_DRIVER.into(),
+                options: [(VXLAN_ID_OPTION.to_string(), self.vni.to_string())].into_iter().collect(),
+            },
+            ipam_options: Some(IpamOptions {
+                driver: Driver { name: "default".into(), ..Default::default() },
+                configs: vec![IpamConfig { subnet: self.subnet.clone(), gateway: self.gateway.clone(), ..Default::default() }],
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 /// An address on one network.

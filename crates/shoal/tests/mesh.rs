@@ -268,6 +268,17 @@ fn overlay_network_service_discovery_and_vip() {
     seen.remove("?");
     assert_eq!(seen.len(), 2, "answers through the VIP: {seen:?}");
 
+    // The worker lists the swarm networks it takes part in (ingress, and `app` for its web
+    // task), as Docker's workers do; it cannot remove them.
+    assert!(!containers(&nodes[1], "web").is_empty(), "a web task on the worker");
+    let worker_ls = nodes[1].docker_ok(["network", "ls", "--filter", "scope=swarm", "--format", "{{.Name}} {{.Driver}} {{.Scope}}"]);
+    let mut listed: Vec<&str> = worker_ls.lines().collect();
+    listed.sort();
+    assert_eq!(listed, ["app overlay swarm", "ingress overlay swarm"], "worker network ls: {worker_ls}");
+    let subnet = nodes[1].docker_ok(["network", "inspect", "app", "--format", "{{range .IPAM.Config}}{{.Subnet}}{{end}}"]);
+    assert!(subnet.trim().starts_with("10.0."), "worker network inspect app: {subnet}");
+    nodes[1].docker_fails(&["network", "rm", "app"], "not a swarm manager");
+
     // `service logs` on the manager includes the worker's task (published over its session):
     // one task per node, two lines.
     nodes[0].docker_ok([
