@@ -191,8 +191,19 @@ fn workers_see_local_networks_and_cannot_create_overlays() {
     assert!(wait_until(Duration::from_secs(15), || nodes[0].docker_ok(["node", "ls", "-q"]).lines().count() == 2));
     nodes[0].docker_ok(["network", "create", "-d", "overlay", "backend"]);
 
-    // the worker has no store: it lists its local networks only
-    assert_eq!(ls(&nodes[1], &[]), LOCAL);
+    // the worker has no store: it lists its local networks and, from its network map, the swarm
+    // networks it takes part in — ingress, not `backend` (none of its tasks uses it), as Docker's
+    // workers do
+    let mut expected: Vec<String> = LOCAL.iter().map(|s| s.to_string()).collect();
+    expected.push("ingress overlay swarm".into());
+    expected.sort();
+    let mut seen = Vec::new();
+    let listed = wait_until(Duration::from_secs(15), || {
+        seen = ls(&nodes[1], &[]);
+        seen.sort();
+        seen == expected
+    });
+    assert!(listed, "worker network ls: {seen:?}");
     fails_with(&nodes[1], &["network", "create", "-d", "overlay", "ov"], "This node is not a swarm manager.");
     fails_with(&nodes[1], &["network", "inspect", "backend"], "network backend not found");
     fails_with(&nodes[1], &["network", "rm", "backend"], "network backend not found");
