@@ -843,16 +843,7 @@ async fn task_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
 
 /// The live logs of a container on this node.
 async fn container_logs(app: &App, id: &str, _session: &SessionView) -> Resp {
-    let opts = follow_opts();
-    let opts = shoal_engine::LogOptions {
-        stdout: opts.stdout,
-        stderr: opts.stderr,
-        follow: opts.follow,
-        tail: opts.tail,
-        since: opts.since,
-        until: None,
-    };
-    match app.swarm.engine().logs(id, opts).await {
+    match app.swarm.engine().logs(id, (&follow_opts()).into()).await {
         Ok((_tty, records)) => log_stream(app, records, |rec: shoal_engine::LogRecord| {
             serde_json::json!({"stream": rec.stream, "text": line_text(&rec.line)})
         }),

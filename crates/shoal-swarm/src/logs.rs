@@ -29,6 +29,12 @@ pub struct LogOptions {
     pub since: Option<DateTime<Utc>>,
 }
 
+impl From<&LogOptions> for shoal_engine::LogOptions {
+    fn from(o: &LogOptions) -> Self {
+        shoal_engine::LogOptions { stdout: o.stdout, stderr: o.stderr, follow: o.follow, tail: o.tail, since: o.since, until: None }
+    }
+}
+
 /// One log line of one task.
 #[derive(Debug, Clone)]
 pub struct LogLine {
@@ -119,15 +125,7 @@ impl Swarm {
                     if !seen.insert(t.id.clone()) || engine.inspect(&container).is_err() {
                         continue;
                     }
-                    let options = shoal_engine::LogOptions {
-                        stdout: opts.stdout,
-                        stderr: opts.stderr,
-                        follow: opts.follow,
-                        tail: opts.tail,
-                        since: opts.since,
-                        until: None,
-                    };
-                    let Ok((_tty, mut records)) = engine.logs(&container, options).await else { continue };
+                    let Ok((_tty, mut records)) = engine.logs(&container, (&opts).into()).await else { continue };
                     let tx = tx.clone();
                     let (node_id, service_id, task_id) = (t.node_id.clone(), t.service_id.clone(), t.id.clone());
                     tokio::spawn(async move {
